@@ -1,0 +1,173 @@
+"""The public ops, with torch.nn.functional's signatures plus ``algorithm=`` for conv2d.
+
+Every argument is checked here, once, before any kernel runs (the kernels assume valid input):
+wrong types, ranks, dtypes, devices and shapes raise a Python exception whose message names the
+argument and what was expected, in torch's words where torch has them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from convkit.autograd import Conv2dFunction, MaxPool2dFunction, ReLUFunction
+from convkit.kernels.shapes import (ArgumentError, DtypeError, check_conv2d, check_max_pool2d,
+                                    conv2d_padding, max_pool2d_args, pair)
+
+IntOrPair = Union[int, Sequence[int]]
+FLOAT_DTYPES = (torch.float32, torch.float64)
+ALGORITHMS = ("auto", "direct", "im2col")
+
+# Output-pixel x kernel-tap count below which the direct kernel wins on the CPU: small
+# problems lose more to im2col's unfold and layout copies than the GEMM saves (measured by the
+# benchmark suite, see README "Choosing an algorithm").
+DIRECT_MAX_REDUCTION = 32
+
+
+def _check_tensor(t, name: str, op: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}(): argument '{name}' must be a torch.Tensor, "
+                        f"not {type(t).__name__}")
+
+
+def _check_float(t: torch.Tensor, name: str, op: str) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise DtypeError(f"{op}(): expected {name} to have dtype torch.float32 or torch.float64, "
+                         f"but got {t.dtype}")
+
+
+def select_algorithm(input_shape: Sequence[int], weight_shape: Sequence[int], stride, dilation,
+                     groups: int, device_type: str = "cpu") -> str:
+    """The conv2d algorithm ``algorithm="auto"`` runs for these shapes.
+
+    Per output pixel, a group reduces over Cg*KH*KW inputs. Below DIRECT_MAX_REDUCTION (conv1 of
+    SimpleCNN: 1*3*3, depthwise 3x3) the direct loops beat unfold + GEMM; above it, the GEMM's
+    register blocking wins.
+    """
+    K, Cg, KH, KW = weight_shape
+    return "direct" if Cg * KH * KW < DIRECT_MAX_REDUCTION else "im2col"
+
+
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           stride: IntOrPair = 1, padding: Union[str, IntOrPair] = 0, dilation: IntOrPair = 1,
+           groups: int = 1, *, algorithm: str = "auto") -> torch.Tensor:
+    """2-D convolution (cross-correlation) as ``torch.nn.functional.conv2d``.
+
+    input: (N, C, H, W) or unbatched (C, H, W); weight: (K, C/groups, KH, KW); bias: (K,) or None.
+    ``padding`` is an int, a pair, 'valid' or 'same' (stride 1 only; for an even effective kernel
+    the extra row/column goes bottom/right, as torch). ``algorithm`` is "direct", "im2col" or
+    "auto" (see :func:`select_algorithm`).
+    """
+    _check_tensor(input, "input", "conv2d")
+    _check_tensor(weight, "weight", "conv2d")
+    if bias is not None:
+        _check_tensor(bias, "bias", "conv2d")
+    if algorithm not in ALGORITHMS:
+        raise ArgumentError(f"conv2d(): algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if input.dim() not in (3, 4):
+        raise ArgumentError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got "
+                            f"input of size: {list(input.shape)}")
+    if weight.dim() != 4:
+        raise ArgumentError(f"conv2d(): expected weight to be 4-D (out_channels, "
+                            f"in_channels/groups, kH, kW), but got weight of size "
+                            f"{list(weight.shape)}")
+    _check_float(input, "input", "conv2d")
+    if weight.dtype != input.dtype:
+        raise DtypeError(f"conv2d(): expected weight to have the input's dtype {input.dtype}, "
+                         f"but got {weight.dtype}")
+    if bias is not None and bias.dtype != input.dtype:
+        raise DtypeError(f"conv2d(): expected bias to have the input's dtype {input.dtype}, "
+                         f"but got {bias.dtype}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"conv2d(): expected all tensors to be on the same device, but "
+                               f"input is on {input.device} and {name} on {t.device}")
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    padding, extra = conv2d_padding(padding, tuple(weight.shape[2:]), stride, dilation)
+    check_conv2d(tuple(input.shape), tuple(weight.shape),
+                 None if bias is None else tuple(bias.shape),
+                 stride, padding, dilation, groups)
+    if any(extra):
+        input = F.pad(input, extra)
+    if algorithm == "auto":
+        algorithm = select_algorithm(input.shape, weight.shape, stride, dilation, groups,
+                                     input.device.type)
+    y = Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups, algorithm)
+    return y.squeeze(0) if unbatched else y
+
+
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """max(input, 0) elementwise for any shape (NaN propagates), as ``torch.nn.functional.relu``."""
+    _check_tensor(input, "input", "relu")
+    if input.dtype not in FLOAT_DTYPES:
+        raise DtypeError(f"relu(): expected input to have dtype torch.float32 or torch.float64, "
+                         f"but got {input.dtype}")
+    if inplace and not input.is_contiguous():
+        return input.copy_(ReLUFunction.apply(input, False))
+    return ReLUFunction.apply(input, bool(inplace))
+
+
+def relu_(input: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`relu`."""
+    return relu(input, inplace=True)
+
+
+def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
+                            stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
+                            dilation: IntOrPair = 1, ceil_mode: bool = False,
+                            return_indices: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """2-D max-pool returning (output, indices); indices index each input plane's H*W."""
+    _check_tensor(input, "input", "max_pool2d")
+    if input.dim() not in (3, 4):
+        raise ArgumentError(f"max_pool2d(): expected a 3D (C, H, W) or 4D (N, C, H, W) input, "
+                            f"but got input of size: {list(input.shape)}")
+    _check_float(input, "input", "max_pool2d")
+    kernel, stride, padding, dilation = max_pool2d_args(kernel_size, stride, padding, dilation)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    check_max_pool2d(tuple(input.shape), kernel, stride, padding, dilation, bool(ceil_mode))
+    y, indices = MaxPool2dFunction.apply(input, kernel, stride, padding, dilation,
+                                         bool(ceil_mode))
+    if unbatched:
+        y, indices = y.squeeze(0), indices.squeeze(0)
+    return y, indices
+
+
+def max_pool2d(input: torch.Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,
+               padding: IntOrPair = 0, dilation: IntOrPair = 1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """2-D max-pool as ``torch.nn.functional.max_pool2d`` (stride defaults to kernel_size)."""
+    y, indices = max_pool2d_with_indices(input, kernel_size, stride, padding, dilation,
+                                         ceil_mode)
+    return (y, indices) if return_indices else y
+
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular", "symmetric")
+
+
+def pad(input: torch.Tensor, pad: Sequence[int], mode: str = "constant",
+        value: Optional[float] = None) -> torch.Tensor:
+    """``torch.nn.functional.pad`` plus ``mode="symmetric"`` on the last two dims.
+
+    symmetric repeats the edge when it mirrors (numpy's 'symmetric', scipy's boundary='symm'):
+    a row [a b c] padded by 2 becomes [b a | a b c | c b]; any pad width, built from index_select
+    so it is differentiable.
+    """
+    if mode not in PAD_MODES:
+        raise ArgumentError(f"pad(): mode must be one of {PAD_MODES}, got {mode!r}")
+    if mode != "symmetric":
+        return F.pad(input, list(pad), mode=mode, value=value)
+    if len(pad) != 4 or input.dim() < 2 or min(pad) < 0:
+        raise ArgumentError(f"pad(): symmetric mode takes 4 non-negative pads (left, right, top, "
+                            f"bottom) on an input of at least 2 dims, got pad={list(pad)}")
+    left, right, top, bottom = pad
+    for dim, before, after in ((-1, left, right), (-2, top, bottom)):
+        n = input.shape[dim]
+        i = torch.arange(-before, n + after, device=input.device) % (2 * n)
+        input = input.index_select(dim, torch.where(i >= n, 2 * n - 1 - i, i))
+    return input

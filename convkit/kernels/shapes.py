@@ -1,0 +1,175 @@
+"""Output sizes, argument normalisation and validation shared by the CPU and CUDA kernels.
+
+Torch-free: everything here works on plain ints, tuples and shapes, so ``functional`` can check
+every argument once, up front, before any Numba code runs. Messages follow torch's wording, and
+the exception classes derive from both the Python type a user expects (``ValueError`` /
+``TypeError``) and ``RuntimeError`` (what torch itself raises), so code written against either
+keeps working.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Sequence, Tuple, Union
+
+IntPair = Tuple[int, int]
+
+
+class ArgumentError(ValueError, RuntimeError):
+    """A shape or value argument is outside what the op accepts."""
+
+
+class DtypeError(TypeError, RuntimeError):
+    """A tensor has a dtype the op does not accept, or dtypes do not match."""
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
+                     dilation: int = 1) -> int:
+    """Output length of a convolution along one axis: floor((L + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int,
+                     ceil_mode: bool) -> int:
+    """Output length of a max-pool along one axis, torch's rule for ceil_mode included.
+
+    With ceil_mode the last window may hang over the right edge, but it must start inside the
+    input or the left padding, so a window that would start in the right padding is dropped.
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (ceil_div(span, stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def pair(value: Union[int, Sequence[int]], name: str, op: str = "conv2d") -> IntPair:
+    """Normalise an int or a 1- or 2-sequence of ints to a pair, as torch's ``_pair`` does."""
+    if _is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(_is_int(v) for v in value):
+        return (int(value[0]), int(value[-1]))
+    raise ArgumentError(
+        f"{op}: expected {name} to be a single integer value or a list of 2 values to match "
+        f"the convolution dimensions, but got {name}={value!r}")
+
+
+def conv2d_padding(padding, weight_hw: IntPair, stride: IntPair,
+                   dilation: IntPair) -> Tuple[IntPair, Tuple[int, int, int, int]]:
+    """Resolve conv2d's ``padding`` (int, pair, 'same' or 'valid').
+
+    Returns ``((ph, pw), extra)`` where ``(ph, pw)`` is the symmetric padding the kernels take and
+    ``extra = (left, right, top, bottom)`` is additional zero padding the caller applies first.
+    It is non-zero only for 'same' with an even effective kernel, where torch pads the extra
+    row/column at the bottom/right.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0, 0, 0)
+        if padding != "same":
+            raise ArgumentError(f"Invalid padding string: {padding!r}; expected 'same', 'valid', "
+                                "an int or a pair of ints")
+        if stride != (1, 1):
+            raise ArgumentError("padding='same' is not supported for strided convolutions")
+        total_h = dilation[0] * (weight_hw[0] - 1)
+        total_w = dilation[1] * (weight_hw[1] - 1)
+        ph, pw = total_h // 2, total_w // 2
+        return (ph, pw), (0, total_w - 2 * pw, 0, total_h - 2 * ph)
+    return pair(padding, "padding"), (0, 0, 0, 0)
+
+
+def check_conv2d(input_shape: Sequence[int], weight_shape: Sequence[int], bias_shape,
+                 stride: IntPair, padding: IntPair, dilation: IntPair, groups) -> None:
+    """Validate a 4-D conv2d call (input already batched). Raises ArgumentError in torch's words."""
+    if len(weight_shape) != 4:
+        raise ArgumentError(f"conv2d: expected weight to be 4-D (out_channels, in_channels/groups, "
+                            f"kH, kW), but got weight of size {list(weight_shape)}")
+    if not _is_int(groups) or groups <= 0:
+        raise ArgumentError(f"conv2d: non-positive groups is not supported (groups={groups!r}); "
+                            "expected a positive int")
+    if min(stride) <= 0:
+        raise ArgumentError(f"conv2d: non-positive stride is not supported (stride={stride})")
+    if min(padding) < 0:
+        raise ArgumentError(f"conv2d: negative padding is not supported (padding={padding})")
+    if min(dilation) <= 0:
+        raise ArgumentError(f"conv2d: non-positive dilation is not supported "
+                            f"(dilation={dilation})")
+    K, Cg, KH, KW = weight_shape
+    if K % groups != 0:
+        raise ArgumentError(f"Given groups={groups}, expected weight to be divisible by {groups} "
+                            f"at dimension 0, but got weight of size {list(weight_shape)} instead")
+    if input_shape[1] != Cg * groups:
+        raise ArgumentError(
+            f"Given groups={groups}, weight of size {list(weight_shape)}, expected "
+            f"input{list(input_shape)} to have {Cg * groups} channels, but got "
+            f"{input_shape[1]} channels instead")
+    if bias_shape is not None and tuple(bias_shape) != (K,):
+        raise ArgumentError(f"Given weight of size {list(weight_shape)}, expected bias to be "
+                            f"1-dimensional with {K} elements, but got bias of size "
+                            f"{list(bias_shape)} instead")
+    H, W = input_shape[2], input_shape[3]
+    Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
+    eff_h, eff_w = dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1
+    if Hp < eff_h or Wp < eff_w:
+        raise ArgumentError(
+            f"Calculated padded input size per channel: ({Hp} x {Wp}). Kernel size: "
+            f"({eff_h} x {eff_w}). Kernel size can't be greater than actual input size")
+
+
+def max_pool2d_args(kernel_size, stride, padding, dilation) -> Tuple[IntPair, IntPair, IntPair,
+                                                                   IntPair]:
+    """Normalise max_pool2d's arguments; ``stride`` None or empty means ``kernel_size``."""
+    kernel = pair(kernel_size, "kernel_size", "max_pool2d")
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
+        else pair(stride, "stride", "max_pool2d")
+    return kernel, stride, pair(padding, "padding", "max_pool2d"), \
+        pair(dilation, "dilation", "max_pool2d")
+
+
+def check_max_pool2d(input_shape: Sequence[int], kernel: IntPair, stride: IntPair,
+                     padding: IntPair, dilation: IntPair, ceil_mode: bool) -> IntPair:
+    """Validate a 4-D max_pool2d call and return the output size (OH, OW)."""
+    if min(kernel) <= 0:
+        raise ArgumentError(f"max_pool2d: kernel_size must be greater than zero, but got "
+                            f"kernel_size={kernel}")
+    if min(stride) <= 0:
+        raise ArgumentError(f"max_pool2d: stride must be greater than zero, but got "
+                            f"stride={stride}")
+    if min(dilation) <= 0:
+        raise ArgumentError(f"max_pool2d: dilation should be greater than zero, but got "
+                            f"dilation={dilation}")
+    if min(padding) < 0:
+        raise ArgumentError(f"max_pool2d: padding must be non-negative, but got padding={padding}")
+    for p, k, d in zip(padding, kernel, dilation):
+        if p > ((k - 1) * d + 1) // 2:
+            raise ArgumentError(f"max_pool2d: pad should be at most half of effective kernel "
+                                f"size, but got pad={p}, kernel_size={k} and dilation={d}")
+    N, C, H, W = input_shape
+    if C == 0 or H == 0 or W == 0:
+        raise ArgumentError(f"max_pool2d: expected input with non-zero channel and spatial "
+                            f"sizes, but got input of size {list(input_shape)}")
+    OH = pool_output_size(H, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    OW = pool_output_size(W, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    if OH < 1 or OW < 1:
+        raise ArgumentError(f"max_pool2d: Given input size: ({C}x{H}x{W}). Calculated output "
+                            f"size: ({C}x{OH}x{OW}). Output size is too small")
+    return OH, OW
+
+
+def conv2d_flops(input_shape, weight_shape, output_shape) -> int:
+    """Multiply-adds x 2 of one conv2d forward (bias excluded)."""
+    K, Cg, KH, KW = weight_shape
+    N, _, OH, OW = output_shape
+    return 2 * N * K * OH * OW * Cg * KH * KW
+
+
+__all__ = ["ArgumentError", "DtypeError", "ceil_div", "conv_output_size", "pool_output_size",
+           "pair", "conv2d_padding", "check_conv2d", "max_pool2d_args", "check_max_pool2d",
+           "conv2d_flops"]

@@ -1,0 +1,99 @@
+"""Drop-in modules: same constructor arguments, parameters, initialisation, ``extra_repr`` and
+``state_dict`` as torch.nn (they subclass it), forward through convkit's kernels.
+
+``convert(model)`` swaps every torch.nn Conv2d / ReLU / MaxPool2d in a model for these,
+keeping the very same Parameter objects (optimisers built before the swap stay valid).
+"""
+from __future__ import annotations
+
+from torch import nn as tnn
+
+from convkit import functional as CF
+from convkit.kernels.shapes import ArgumentError
+
+
+class Conv2d(tnn.Conv2d):
+    """``torch.nn.Conv2d`` computed by convkit; also accepts ``padding_mode="symmetric"``
+    (edge-repeating mirror, scipy's boundary='symm') and ``algorithm="auto"|"direct"|"im2col"``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
+                 algorithm: str = "auto"):
+        symmetric = padding_mode == "symmetric"
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, "reflect" if symmetric else padding_mode, device, dtype)
+        if symmetric:
+            self.padding_mode = "symmetric"
+        if algorithm not in CF.ALGORITHMS:
+            raise ArgumentError(f"Conv2d: algorithm must be one of {CF.ALGORITHMS}, "
+                                f"got {algorithm!r}")
+        self.algorithm = algorithm
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.algorithm == "auto" else s + f", algorithm={self.algorithm!r}"
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            # torch's one place for non-zero padding modes: pad, then a zero-padding conv.
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            input = CF.pad(input, self._reversed_padding_repeated_twice, mode=mode)
+            return CF.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups,
+                             algorithm=self.algorithm)
+        return CF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation,
+                         self.groups, algorithm=self.algorithm)
+
+
+class ReLU(tnn.ReLU):
+    """``torch.nn.ReLU`` computed by convkit."""
+
+    def forward(self, input):
+        return CF.relu(input, inplace=self.inplace)
+
+
+class MaxPool2d(tnn.MaxPool2d):
+    """``torch.nn.MaxPool2d`` computed by convkit."""
+
+    def forward(self, input):
+        return CF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+def _converted(m: tnn.Module, algorithm: str):
+    if type(m) is tnn.Conv2d:
+        new = Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                     m.dilation, m.groups, m.bias is not None, m.padding_mode,
+                     device=m.weight.device, dtype=m.weight.dtype, algorithm=algorithm)
+        new.weight = m.weight
+        new.bias = m.bias
+    elif type(m) is tnn.ReLU:
+        new = ReLU(inplace=m.inplace)
+    elif type(m) is tnn.MaxPool2d:
+        new = MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
+                        m.ceil_mode)
+    else:
+        return None
+    new.train(m.training)
+    return new
+
+
+def convert(model: tnn.Module, algorithm: str = "auto") -> tnn.Module:
+    """Replace every torch.nn Conv2d / ReLU / MaxPool2d in ``model`` (the model itself included)
+    with convkit's, in place, sharing the original parameters; returns the model.
+    """
+    if not isinstance(model, tnn.Module):
+        raise TypeError(f"convert(): expected a torch.nn.Module, got {type(model).__name__}")
+    top = _converted(model, algorithm)
+    if top is not None:
+        return top
+    for name, child in model.named_children():
+        new = _converted(child, algorithm)
+        if new is None:
+            convert(child, algorithm)
+        else:
+            setattr(model, name, new)
+    return model
+
+
+__all__ = ["Conv2d", "ReLU", "MaxPool2d", "convert"]
