@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from convkit.autograd import Conv2dFunction, MaxPool2dFunction, ReLUFunction
-from convkit.kernels.shapes import (ArgumentError, DtypeError, check_conv2d, check_max_pool2d,
-                                    conv2d_padding, max_pool2d_args, pair)
+from convkit.kernels.shapes import (
+    ArgumentError,
+    DtypeError,
+    check_conv2d,
+    check_max_pool2d,
+    conv2d_padding,
+    max_pool2d_args,
+    pair,
+)
 
 IntOrPair = Union[int, Sequence[int]]
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -88,11 +95,11 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         input = input.unsqueeze(0)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding, extra = conv2d_padding(padding, tuple(weight.shape[2:]), stride, dilation)
+    if any(extra):  # 'same' with an even effective kernel: the extra row/column first
+        input = F.pad(input, extra)
     check_conv2d(tuple(input.shape), tuple(weight.shape),
                  None if bias is None else tuple(bias.shape),
                  stride, padding, dilation, groups)
-    if any(extra):
-        input = F.pad(input, extra)
     if algorithm == "auto":
         algorithm = select_algorithm(input.shape, weight.shape, stride, dilation, groups,
                                      input.device.type)

@@ -14,6 +14,8 @@ gw[k, c]), so no two threads write the same element and the results are determin
 import numpy as np
 from numba import njit, prange
 
+from convkit.kernels.cpu._jit import twin
+
 
 @njit(inline="always")
 def _col_range(s, W, OW, sw, pw, dil_w):
@@ -24,7 +26,7 @@ def _col_range(s, W, OW, sw, pw, dil_w):
     return lo, hi, off
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _forward(x, w, b, has_bias, sh, sw, ph, pw, dil_h, dil_w, G, y):
     N, C, H, W = x.shape
     K, Cg, KH, KW = w.shape
@@ -50,7 +52,7 @@ def _forward(x, w, b, has_bias, sh, sw, ph, pw, dil_h, dil_w, G, y):
                             yrow[ow] += wv * xrow[ow * sw + off]
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _backward_input(gy, w, sh, sw, ph, pw, dil_h, dil_w, G, gx):
     N, C, H, W = gx.shape
     K, Cg, KH, KW = w.shape
@@ -77,7 +79,7 @@ def _backward_input(gy, w, sh, sw, ph, pw, dil_h, dil_w, G, gx):
 
 
 # reassoc lets the dot-product reduction vectorise; NaN/inf semantics are kept (no nnan/ninf).
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+@twin(fastmath={"reassoc", "contract"})
 def _backward_weight(x, gy, sh, sw, ph, pw, dil_h, dil_w, G, zero, gw):
     N, C, H, W = x.shape
     K, Cg, KH, KW = gw.shape
@@ -102,7 +104,7 @@ def _backward_weight(x, gy, sh, sw, ph, pw, dil_h, dil_w, G, zero, gw):
                 gw[k, c, r, s] = acc
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _backward_bias(gy, gb):
     N, K, OH, OW = gy.shape
     for k in prange(K):
@@ -115,7 +117,7 @@ def _backward_bias(gy, gb):
 def conv2d_backward_bias(grad_output: np.ndarray) -> np.ndarray:
     """grad_bias[k] = sum over n, oh, ow of grad_output[n, k, oh, ow]."""
     gb = np.empty(grad_output.shape[1], dtype=grad_output.dtype)
-    _backward_bias(grad_output, gb)
+    _backward_bias(grad_output.size, grad_output, gb)
     return gb
 
 
@@ -123,17 +125,19 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     N, K = x.shape[0], w.shape[0]
     y = np.empty((N, K) + tuple(out_hw), dtype=x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
-    _forward(x, w, bias, b is not None, *stride, *padding, *dilation, groups, y)
+    _forward(y.size * w[0].size, x, w, bias, b is not None, *stride, *padding, *dilation, groups,
+             y)
     return y
 
 
 def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     gx = np.empty(tuple(input_shape), dtype=gy.dtype)
-    _backward_input(gy, w, *stride, *padding, *dilation, groups, gx)
+    _backward_input(gy.size * w[0].size, gy, w, *stride, *padding, *dilation, groups, gx)
     return gx
 
 
 def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     gw = np.empty(tuple(weight_shape), dtype=x.dtype)
-    _backward_weight(x, gy, *stride, *padding, *dilation, groups, x.dtype.type(0), gw)
+    _backward_weight(gy.size * gw[0].size, x, gy, *stride, *padding, *dilation, groups,
+                     x.dtype.type(0), gw)
     return gw

@@ -17,14 +17,16 @@ the Numba kernels below. col2im runs one task per (n, c) input plane, gathering 
 land in it, so it needs no atomics and is deterministic.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from convkit.kernels.cpu._jit import twin
 
 # Upper bound on the unfolded buffer: batch chunks are sized to fit it (at least one image),
 # so N64 C64 224^2 never materialises the whole unfolded matrix.
 IM2COL_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     P = OH * OW
@@ -49,7 +51,7 @@ def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
                 dst[hi:] = 0
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     P = OH * OW
@@ -73,7 +75,7 @@ def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
                         dst[ow * sw + off] += src[ow]
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _nchw_to_kp(a, n0, nb, out):
     """out[k, i*P + p] = a[n0 + i, k, p] for a: (N, K, P)."""
     K, P = a.shape[1], a.shape[2]
@@ -82,7 +84,7 @@ def _nchw_to_kp(a, n0, nb, out):
             out[k, i * P:(i + 1) * P] = a[n0 + i, k]
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _kp_to_nchw(m, b, has_bias, n0, nb, out):
     """out[n0 + i, k, p] = m[k, i*P + p] (+ b[k]) for out: (N, K, P)."""
     K, P = out.shape[1], out.shape[2]
@@ -111,10 +113,10 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     for n0 in range(0, N, nb_max):
         nb = min(nb_max, N - n0)
         c_, y_ = cols[:, :nb * P], ymat[:, :nb * P]
-        _im2col(x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, c_)
+        _im2col(c_.size, x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, c_)
         for g in range(G):
             np.matmul(wmat[g * Kg:(g + 1) * Kg], c_[g * R:(g + 1) * R], out=y_[g * Kg:(g + 1) * Kg])
-        _kp_to_nchw(y_, bias, b is not None, n0, nb, y)
+        _kp_to_nchw(y_.size, y_, bias, b is not None, n0, nb, y)
     return y.reshape(N, K, OH, OW)
 
 
@@ -132,11 +134,11 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     for n0 in range(0, N, nb_max):
         nb = min(nb_max, N - n0)
         d_, g_ = dcols[:, :nb * P], gymat[:, :nb * P]
-        _nchw_to_kp(gy3, n0, nb, g_)
+        _nchw_to_kp(g_.size, gy3, n0, nb, g_)
         for g in range(G):
             np.matmul(wmat[g * Kg:(g + 1) * Kg].T, g_[g * Kg:(g + 1) * Kg],
                       out=d_[g * R:(g + 1) * R])
-        _col2im(d_, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, gx)
+        _col2im(d_.size, d_, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, gx)
     return gx
 
 
@@ -154,8 +156,8 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     for n0 in range(0, N, nb_max):
         nb = min(nb_max, N - n0)
         c_, g_ = cols[:, :nb * P], gymat[:, :nb * P]
-        _im2col(x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, c_)
-        _nchw_to_kp(gy3, n0, nb, g_)
+        _im2col(c_.size, x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, c_)
+        _nchw_to_kp(g_.size, gy3, n0, nb, g_)
         for g in range(G):
             np.matmul(g_[g * Kg:(g + 1) * Kg], c_[g * R:(g + 1) * R].T, out=part)
             gw[g * Kg:(g + 1) * Kg] += part

@@ -6,12 +6,13 @@ ih = oh*sh - ph + i*dil_h (i < KH), likewise for w; taps in the padding are skip
 and the last NaN of a window is the one reported, exactly as torch's CPU kernel.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from convkit.kernels.cpu._jit import twin
 from convkit.kernels.shapes import pool_output_size
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _max_pool2d_forward(x, KH, KW, sh, sw, ph, pw, dil_h, dil_w, y, indices):
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
@@ -40,7 +41,7 @@ def _max_pool2d_forward(x, KH, KW, sh, sw, ph, pw, dil_h, dil_w, y, indices):
                 indices[n, c, oh, ow] = best_i
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _max_pool2d_backward(gy, indices, gx):
     N, C, H, W = gx.shape
     OH, OW = gy.shape[2], gy.shape[3]
@@ -62,13 +63,13 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride, padding, dilation, ce
     OW = pool_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     indices = np.empty((N, C, OH, OW), dtype=np.int64)
-    _max_pool2d_forward(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
-                        padding[1], dilation[0], dilation[1], y, indices)
+    _max_pool2d_forward(y.size * kernel_size[0] * kernel_size[1], x, *kernel_size, *stride,
+                        *padding, *dilation, y, indices)
     return y, indices
 
 
 def max_pool2d_backward(grad_output: np.ndarray, indices: np.ndarray, input_shape) -> np.ndarray:
     """grad_input: each output gradient added at the input position its index names."""
     gx = np.zeros(tuple(input_shape), dtype=grad_output.dtype)
-    _max_pool2d_backward(grad_output, indices, gx)
+    _max_pool2d_backward(grad_output.size, grad_output, indices, gx)
     return gx

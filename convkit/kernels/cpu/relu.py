@@ -4,17 +4,19 @@ y = max(x, 0) with NaN propagated (torch's clamp_min); grad_input = grad_output 
 0 where y <= 0 (torch's threshold_backward, so a NaN output passes its gradient through).
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from convkit.kernels.cpu._jit import twin
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _relu_forward(x, y):
     for i in prange(x.size):
         v = x[i]
         y[i] = 0 if v <= 0 else v
 
 
-@njit(parallel=True, cache=True)
+@twin
 def _relu_backward(gy, y, gx):
     for i in prange(gy.size):
         gx[i] = 0 if y[i] <= 0 else gy[i]
@@ -23,12 +25,12 @@ def _relu_backward(gy, y, gx):
 def relu_forward(x: np.ndarray, out: np.ndarray = None) -> np.ndarray:
     """y = relu(x) for a C-contiguous array of any shape; ``out=x`` computes in place."""
     y = np.empty_like(x) if out is None else out
-    _relu_forward(x.reshape(-1), y.reshape(-1))
+    _relu_forward(x.size, x.reshape(-1), y.reshape(-1))
     return y
 
 
 def relu_backward(grad_output: np.ndarray, y: np.ndarray) -> np.ndarray:
     """grad_input = grad_output * (y > 0), y being the forward output."""
     gx = np.empty_like(grad_output)
-    _relu_backward(grad_output.reshape(-1), y.reshape(-1), gx.reshape(-1))
+    _relu_backward(grad_output.size, grad_output.reshape(-1), y.reshape(-1), gx.reshape(-1))
     return gx
