@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from convkit.autograd import Conv2dFunction, MaxPool2dFunction, ReLUFunction
+from convkit.kernels.cpu import autotune
 from convkit.kernels.shapes import (
     ArgumentError,
     DtypeError,
@@ -26,11 +27,6 @@ IntOrPair = Union[int, Sequence[int]]
 FLOAT_DTYPES = (torch.float32, torch.float64)
 ALGORITHMS = ("auto", "direct", "im2col")
 
-# Output-pixel x kernel-tap count below which the direct kernel wins on the CPU: small
-# problems lose more to im2col's unfold and layout copies than the GEMM saves (measured by the
-# benchmark suite, see README "Choosing an algorithm").
-DIRECT_MAX_REDUCTION = 32
-
 
 def _check_tensor(t, name: str, op: str) -> None:
     if not isinstance(t, torch.Tensor):
@@ -44,16 +40,22 @@ def _check_float(t: torch.Tensor, name: str, op: str) -> None:
                          f"but got {t.dtype}")
 
 
-def select_algorithm(input_shape: Sequence[int], weight_shape: Sequence[int], stride, dilation,
-                     groups: int, device_type: str = "cpu") -> str:
-    """The conv2d algorithm ``algorithm="auto"`` runs for these shapes.
+def select_algorithm(input_shape: Sequence[int], weight_shape: Sequence[int], stride, padding,
+                     dilation, groups: int, dtype=torch.float32, device_type: str = "cpu",
+                     pass_name: str = "forward") -> str:
+    """The conv2d algorithm ``algorithm="auto"`` runs (or will run) for these arguments.
 
-    Per output pixel, a group reduces over Cg*KH*KW inputs. Below DIRECT_MAX_REDUCTION (conv1 of
-    SimpleCNN: 1*3*3, depthwise 3x3) the direct loops beat unfold + GEMM; above it, the GEMM's
-    register blocking wins.
+    On the CPU, auto is a one-time measured choice per pass and shape
+    (``convkit.kernels.cpu.autotune``); before that shape has run, and on CUDA, it is the
+    heuristic: direct for short per-pixel reductions (C/groups*KH*KW < 32), im2col otherwise.
     """
-    K, Cg, KH, KW = weight_shape
-    return "direct" if Cg * KH * KW < DIRECT_MAX_REDUCTION else "im2col"
+    if device_type == "cpu":
+        got = autotune.chosen(pass_name, tuple(input_shape), tuple(weight_shape), tuple(stride),
+                              tuple(padding), tuple(dilation), groups,
+                              str(dtype).replace("torch.", ""))
+        if got is not None:
+            return got
+    return autotune.heuristic(weight_shape)
 
 
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -100,9 +102,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     check_conv2d(tuple(input.shape), tuple(weight.shape),
                  None if bias is None else tuple(bias.shape),
                  stride, padding, dilation, groups)
-    if algorithm == "auto":
-        algorithm = select_algorithm(input.shape, weight.shape, stride, dilation, groups,
-                                     input.device.type)
+    if algorithm == "auto" and input.device.type != "cpu":
+        algorithm = select_algorithm(input.shape, weight.shape, stride, padding, dilation, groups,
+                                     input.dtype, input.device.type)
     y = Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups, algorithm)
     return y.squeeze(0) if unbatched else y
 
