@@ -72,6 +72,17 @@ EDGE_CASES = [
          groups=1, bias=True, noncontig=False),
     dict(N=3, C=6, H=11, W=13, K=6, KH=5, KW=5, stride=(1, 2), padding=2, dilation=(2, 2),
          groups=3, bias=True, noncontig=True),
+    # >= 8 channels per group on both sides: the direct kernel's channel-inner loop order, and
+    # its stride-1 backward-input as a flipped-filter forward (incl. padding beyond the kernel
+    # extent, which falls back to the plane loop order)
+    dict(N=2, C=16, H=9, W=10, K=32, KH=3, KW=2, stride=(1, 1), padding=(1, 2),
+         dilation=(2, 1), groups=2, bias=True, noncontig=False),
+    dict(N=2, C=8, H=12, W=11, K=16, KH=3, KW=3, stride=(2, 3), padding=(2, 1),
+         dilation=(1, 2), groups=1, bias=True, noncontig=True),
+    dict(N=1, C=9, H=7, W=6, K=8, KH=1, KW=2, stride=(1, 1), padding=(1, 2), dilation=(1, 1),
+         groups=1, bias=False, noncontig=False),
+    dict(N=2, C=8, H=6, W=6, K=8, KH=5, KW=5, stride=(1, 1), padding="same", dilation=(1, 1),
+         groups=1, bias=True, noncontig=False),
 ]
 
 CASES = _draw_cases(110) + EDGE_CASES

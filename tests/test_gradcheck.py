@@ -18,6 +18,7 @@ CONV_CASES = [
     (1, 3, 5, 5, 3, 3, 3, 1, "same", 1, 3, True),
     (1, 2, 6, 6, 2, 2, 2, 1, "same", 2, 1, False),
     (2, 1, 4, 4, 2, 4, 4, 1, "valid", 1, 1, True),
+    (1, 8, 5, 4, 8, 3, 3, 1, 1, (1, 2), 1, True),  # channel-inner direct kernels
 ]
 
 

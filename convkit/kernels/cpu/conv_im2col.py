@@ -1,20 +1,24 @@
-"""im2col / col2im 2-D convolution: unfold the input, then one GEMM per group per batch chunk.
+"""im2col / col2im 2-D convolution: unfold the input, then GEMMs through BLAS.
 
-x: (N, C, H, W), w: (K, Cg, KH, KW), y: (N, K, OH, OW); G groups, Cg = C/G, Kg = K/G.
-The unfolded matrix of a chunk of images n0 <= n < n1 is
+x: (N, C, H, W), w: (K, Cg, KH, KW), y: (N, K, OH, OW); G groups, Cg = C/G, Kg = K/G, P = OH*OW,
+R = Cg*KH*KW. For a chunk of images n0 <= n < n0 + nb the unfolded input is
 
-    cols[c*KH*KW + r*KW + s, (n - n0)*OH*OW + oh*OW + ow]
-        = x[n, c, oh*sh - ph + r*dil_h, ow*sw - pw + s*dil_w]    (0 outside the input)
+    cols[i, c*KH*KW + r*KW + s, oh*OW + ow]
+        = x[n0 + i, c, oh*sh - ph + r*dil_h, ow*sw - pw + s*dil_w]
 
-so group g's rows are one contiguous block and, with Wg = w[g*Kg:(g+1)*Kg].reshape(Kg, -1):
+(0 outside the input), so group g's rows are one contiguous block and, with
+Wg = w[g*Kg:(g+1)*Kg].reshape(Kg, R):
 
-    forward          Y_g  = Wg   @ cols_g            (Kg, nb*OH*OW)  -> y (NCHW) + bias
-    backward-input   dcol_g = Wg^T @ dY_g             then col2im (adds overlapping taps)
-    backward-weight  dWg += dY_g @ cols_g^T
+    forward          y[n, g]      = Wg @ cols[i, g]          a stack of GEMMs written straight
+                                                             into NCHW, then + bias
+    backward-input   dcols[i, g]  = Wg^T @ gy[n, g]          then col2im adds overlapping taps
+    backward-weight  dWg         += gy[:, g] @ cols[:, g]^T  one GEMM over the whole chunk: cols
+                                                             is stored (R, nb*P) and gy copied to
+                                                             (K, nb*P), so the reduction is long
 
-The GEMMs are BLAS calls through numpy's matmul; unfolding, folding and the layout changes are
-the Numba kernels below. col2im runs one task per (n, c) input plane, gathering all taps that
-land in it, so it needs no atomics and is deterministic.
+The GEMMs are numpy matmul calls (BLAS); unfolding, folding and the layout copy are the Numba
+kernels below. col2im runs one task per (n, c) input plane, gathering every tap that lands in
+it, so it needs no atomics and is deterministic.
 """
 import numpy as np
 from numba import prange
@@ -29,7 +33,6 @@ IM2COL_CHUNK_BYTES = 64 * 1024 * 1024
 @twin
 def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    P = OH * OW
     for row in prange(C * KH * KW):
         c, rs = row // (KH * KW), row % (KH * KW)
         r, s = rs // KW, rs % KW
@@ -39,7 +42,7 @@ def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
         for i in range(nb):
             plane = x[n0 + i, c]
             for oh in range(OH):
-                dst = cols[row, i * P + oh * OW:i * P + (oh + 1) * OW]
+                dst = cols[i, row, oh * OW:(oh + 1) * OW]
                 ih = oh * sh - ph + r * dil_h
                 if ih < 0 or ih >= H:
                     dst[:] = 0
@@ -54,7 +57,6 @@ def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
 @twin
 def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
-    P = OH * OW
     for ic in prange(nb * C):
         i, c = ic // C, ic % C
         plane = gx[n0 + i, c]
@@ -69,7 +71,7 @@ def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
                     ih = oh * sh - ph + r * dil_h
                     if ih < 0 or ih >= H:
                         continue
-                    src = cols[row, i * P + oh * OW:i * P + (oh + 1) * OW]
+                    src = cols[i, row, oh * OW:(oh + 1) * OW]
                     dst = plane[ih]
                     for ow in range(lo, hi):
                         dst[ow * sw + off] += src[ow]
@@ -85,13 +87,17 @@ def _nchw_to_kp(a, n0, nb, out):
 
 
 @twin
-def _kp_to_nchw(m, b, has_bias, n0, nb, out):
-    """out[n0 + i, k, p] = m[k, i*P + p] (+ b[k]) for out: (N, K, P)."""
-    K, P = out.shape[1], out.shape[2]
+def _add_bias(y, b, n0, nb):
+    """y[n0 + i, k, :] += b[k]."""
+    K = y.shape[1]
     for ik in prange(nb * K):
         i, k = ik // K, ik % K
-        bias = b[k] if has_bias else 0
-        out[n0 + i, k] = m[k, i * P:(i + 1) * P] + bias
+        y[n0 + i, k] += b[k]
+
+
+def _chunk(N, rows, P, itemsize):
+    """Images per chunk so that a (rows, nb*P) buffer stays under IM2COL_CHUNK_BYTES."""
+    return max(1, min(N, IM2COL_CHUNK_BYTES // max(1, rows * P * itemsize)))
 
 
 def _chunk(N, rows, P, itemsize):
@@ -107,16 +113,16 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     y = np.empty((N, K, P), dtype=x.dtype)
     wmat = w.reshape(K, R)
     nb_max = _chunk(N, C * KH * KW, P, x.itemsize)
-    cols = np.empty((C * KH * KW, nb_max * P), dtype=x.dtype)
-    ymat = np.empty((K, nb_max * P), dtype=x.dtype)
-    bias = b if b is not None else np.zeros(0, dtype=x.dtype)
+    buf = np.empty(nb_max * C * KH * KW * P, dtype=x.dtype)
     for n0 in range(0, N, nb_max):
         nb = min(nb_max, N - n0)
-        c_, y_ = cols[:, :nb * P], ymat[:, :nb * P]
-        _im2col(c_.size, x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, c_)
+        cols = buf[:nb * C * KH * KW * P].reshape(nb, C * KH * KW, P)
+        _im2col(cols.size, x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
         for g in range(G):
-            np.matmul(wmat[g * Kg:(g + 1) * Kg], c_[g * R:(g + 1) * R], out=y_[g * Kg:(g + 1) * Kg])
-        _kp_to_nchw(y_.size, y_, bias, b is not None, n0, nb, y)
+            np.matmul(wmat[g * Kg:(g + 1) * Kg], cols[:, g * R:(g + 1) * R],
+                      out=y[n0:n0 + nb, g * Kg:(g + 1) * Kg])
+        if b is not None:
+            _add_bias(nb * K * P, y, b, n0, nb)
     return y.reshape(N, K, OH, OW)
 
 
@@ -129,16 +135,14 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     wmat = w.reshape(K, R)
     gy3 = gy.reshape(N, K, P)
     nb_max = _chunk(N, C * KH * KW, P, gy.itemsize)
-    dcols = np.empty((C * KH * KW, nb_max * P), dtype=gy.dtype)
-    gymat = np.empty((K, nb_max * P), dtype=gy.dtype)
+    buf = np.empty(nb_max * C * KH * KW * P, dtype=gy.dtype)
     for n0 in range(0, N, nb_max):
         nb = min(nb_max, N - n0)
-        d_, g_ = dcols[:, :nb * P], gymat[:, :nb * P]
-        _nchw_to_kp(g_.size, gy3, n0, nb, g_)
+        dcols = buf[:nb * C * KH * KW * P].reshape(nb, C * KH * KW, P)
         for g in range(G):
-            np.matmul(wmat[g * Kg:(g + 1) * Kg].T, g_[g * Kg:(g + 1) * Kg],
-                      out=d_[g * R:(g + 1) * R])
-        _col2im(d_.size, d_, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, gx)
+            np.matmul(wmat[g * Kg:(g + 1) * Kg].T, gy3[n0:n0 + nb, g * Kg:(g + 1) * Kg],
+                      out=dcols[:, g * R:(g + 1) * R])
+        _col2im(dcols.size, dcols, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, gx)
     return gx
 
 
@@ -150,13 +154,15 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     gw = np.zeros((K, R), dtype=x.dtype)
     gy3 = gy.reshape(N, K, P)
     nb_max = _chunk(N, C * KH * KW, P, x.itemsize)
-    cols = np.empty((C * KH * KW, nb_max * P), dtype=x.dtype)
-    gymat = np.empty((K, nb_max * P), dtype=x.dtype)
+    cbuf = np.empty(nb_max * C * KH * KW * P, dtype=x.dtype)
+    gbuf = np.empty(nb_max * K * P, dtype=x.dtype)
     part = np.empty((Kg, R), dtype=x.dtype)
     for n0 in range(0, N, nb_max):
         nb = min(nb_max, N - n0)
-        c_, g_ = cols[:, :nb * P], gymat[:, :nb * P]
-        _im2col(c_.size, x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, c_)
+        c_ = cbuf[:nb * C * KH * KW * P].reshape(C * KH * KW, nb * P)
+        g_ = gbuf[:nb * K * P].reshape(K, nb * P)
+        cols = c_.reshape(C * KH * KW, nb, P).transpose(1, 0, 2)
+        _im2col(c_.size, x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
         _nchw_to_kp(g_.size, gy3, n0, nb, g_)
         for g in range(G):
             np.matmul(g_[g * Kg:(g + 1) * Kg], c_[g * R:(g + 1) * R].T, out=part)
