@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numba
 import torch
 from torch.autograd import Function
 
@@ -50,7 +51,15 @@ def _cpu_array(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
-CPU_ENGINE = KernelEngine(_cpu_kernels, _cpu_array, torch.from_numpy)
+def _cpu_launch_kwargs() -> dict:
+    """Keep Numba's thread count at torch's (torch.set_num_threads), capped by Numba's pool."""
+    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
+    return {}
+
+
+CPU_ENGINE = KernelEngine(_cpu_kernels, _cpu_array, torch.from_numpy, _cpu_launch_kwargs)
 
 
 def engine_for(device: torch.device) -> KernelEngine:
@@ -91,6 +100,34 @@ class Conv2dFunction(Function):
             gw = Conv2dBackwardWeight.apply(x, gy, w.shape, *ctx.conf)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = Conv2dBackwardBias.apply(gy)
+        return gx, gw, gb, None, None, None, None, None
+
+
+class Conv2dReLUFunction(Function):
+    """y = relu(conv2d(x, w, b)) as one Function: the ReLU runs in place on the conv output and
+    only y is kept for backward (no pre-activation tensor is stored)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding, dilation, groups, algorithm):
+        ctx.conf = (stride, padding, dilation, groups, algorithm)
+        ctx.has_bias = b is not None
+        engine = engine_for(x.device)
+        y = engine.conv2d_forward(x, w, b, stride, padding, dilation, groups, algorithm)
+        engine.relu_forward(y, y)
+        ctx.save_for_backward(x, w, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w, y = ctx.saved_tensors
+        g = ReLUBackward.apply(gy, y)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = Conv2dBackwardInput.apply(g, w, x.shape, *ctx.conf)
+        if ctx.needs_input_grad[1]:
+            gw = Conv2dBackwardWeight.apply(x, g, w.shape, *ctx.conf)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = Conv2dBackwardBias.apply(g)
         return gx, gw, gb, None, None, None, None, None
 
 

@@ -11,7 +11,12 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from convkit.autograd import Conv2dFunction, MaxPool2dFunction, ReLUFunction
+from convkit.autograd import (
+    Conv2dFunction,
+    Conv2dReLUFunction,
+    MaxPool2dFunction,
+    ReLUFunction,
+)
 from convkit.kernels.cpu import autotune
 from convkit.kernels.shapes import (
     ArgumentError,
@@ -68,6 +73,23 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     the extra row/column goes bottom/right, as torch). ``algorithm`` is "direct", "im2col" or
     "auto" (see :func:`select_algorithm`).
     """
+    return _conv2d(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups,
+                   algorithm)
+
+
+def conv2d_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                stride: IntOrPair = 1, padding: Union[str, IntOrPair] = 0,
+                dilation: IntOrPair = 1, groups: int = 1, *,
+                algorithm: str = "auto") -> torch.Tensor:
+    """``relu(conv2d(...))`` fused into one autograd op: the ReLU is applied in place to the
+    convolution's output and only that output is saved for backward (one tensor fewer per
+    layer than conv2d followed by relu). Arguments as :func:`conv2d`."""
+    return _conv2d(Conv2dReLUFunction, input, weight, bias, stride, padding, dilation, groups,
+                   algorithm)
+
+
+def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, algorithm):
+    """Validate and normalise the arguments, then apply ``function`` (a conv Function)."""
     _check_tensor(input, "input", "conv2d")
     _check_tensor(weight, "weight", "conv2d")
     if bias is not None:
@@ -105,7 +127,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if algorithm == "auto" and input.device.type != "cpu":
         algorithm = select_algorithm(input.shape, weight.shape, stride, padding, dilation, groups,
                                      input.dtype, input.device.type)
-    y = Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups, algorithm)
+    y = function.apply(input, weight, bias, stride, padding, dilation, groups, algorithm)
     return y.squeeze(0) if unbatched else y
 
 

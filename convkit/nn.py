@@ -37,12 +37,24 @@ class Conv2d(tnn.Conv2d):
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
             # torch's one place for non-zero padding modes: pad, then a zero-padding conv.
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            input = CF.pad(input, self._reversed_padding_repeated_twice, mode=mode)
+            input = CF.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return CF.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups,
                              algorithm=self.algorithm)
         return CF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation,
                          self.groups, algorithm=self.algorithm)
+
+
+class Conv2dReLU(Conv2d):
+    """``Conv2d`` followed by ReLU as one fused op (:func:`convkit.functional.conv2d_relu`);
+    parameters and ``state_dict`` are exactly a Conv2d's."""
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            input = CF.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return CF.conv2d_relu(input, weight, bias, self.stride, 0, self.dilation,
+                                  self.groups, algorithm=self.algorithm)
+        return CF.conv2d_relu(input, weight, bias, self.stride, self.padding, self.dilation,
+                              self.groups, algorithm=self.algorithm)
 
 
 class ReLU(tnn.ReLU):
@@ -60,9 +72,9 @@ class MaxPool2d(tnn.MaxPool2d):
                              ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
-def _converted(m: tnn.Module, algorithm: str):
+def _converted(m: tnn.Module, algorithm: str, cls=None):
     if type(m) is tnn.Conv2d:
-        new = Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+        new = (cls or Conv2d)(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                      m.dilation, m.groups, m.bias is not None, m.padding_mode,
                      device=m.weight.device, dtype=m.weight.dtype, algorithm=algorithm)
         new.weight = m.weight
@@ -78,21 +90,30 @@ def _converted(m: tnn.Module, algorithm: str):
     return new
 
 
-def convert(model: tnn.Module, algorithm: str = "auto") -> tnn.Module:
+def convert(model: tnn.Module, algorithm: str = "auto", fuse_relu: bool = False) -> tnn.Module:
     """Replace every torch.nn Conv2d / ReLU / MaxPool2d in ``model`` (the model itself included)
     with convkit's, in place, sharing the original parameters; returns the model.
+
+    With ``fuse_relu``, a Conv2d directly followed by a ReLU inside an ``nn.Sequential`` becomes
+    one :class:`Conv2dReLU` and the ReLU an ``nn.Identity`` (state_dict keys are unchanged).
     """
     if not isinstance(model, tnn.Module):
         raise TypeError(f"convert(): expected a torch.nn.Module, got {type(model).__name__}")
     top = _converted(model, algorithm)
     if top is not None:
         return top
-    for name, child in model.named_children():
-        new = _converted(child, algorithm)
+    children = list(model.named_children())
+    for i, (name, child) in enumerate(children):
+        fuse = (fuse_relu and isinstance(model, tnn.Sequential) and type(child) is tnn.Conv2d
+                and i + 1 < len(children) and type(children[i + 1][1]) is tnn.ReLU)
+        new = _converted(child, algorithm, Conv2dReLU if fuse else None)
         if new is None:
-            convert(child, algorithm)
-        else:
-            setattr(model, name, new)
+            convert(child, algorithm, fuse_relu)
+            continue
+        setattr(model, name, new)
+        if fuse:
+            setattr(model, children[i + 1][0], tnn.Identity())
+            children[i + 1] = (children[i + 1][0], None)
     return model
 
 

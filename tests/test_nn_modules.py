@@ -117,3 +117,31 @@ def test_convert_a_bare_layer_and_algorithm():
     assert "algorithm='im2col'" in repr(new)
     x = torch.randn(1, 2, 5, 5)
     torch.testing.assert_close(new(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+def test_conv2d_relu_fused_matches_torch(algorithm):
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    w = torch.randn(16, 8, 3, 3, dtype=torch.float64)
+    b = torch.randn(16, dtype=torch.float64)
+    y = CF.conv2d_relu(x, w, b, padding=1, algorithm=algorithm)
+    torch.testing.assert_close(y, torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1)))
+    xs = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    bs = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: CF.conv2d_relu(x, w, b, 1, 1, algorithm=algorithm), (xs, ws, bs))
+
+
+def test_convert_fuse_relu_in_sequential():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 8, 3, padding=1, padding_mode="replicate"), nn.ReLU())
+    x = torch.randn(2, 1, 8, 8)
+    expected = model(x)
+    keys = set(model.state_dict())
+    model = convkit.convert(model, fuse_relu=True)
+    assert [type(m) for m in model] == [cnn.Conv2dReLU, nn.Identity, cnn.MaxPool2d,
+                                        cnn.Conv2dReLU, nn.Identity]
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    assert set(model.state_dict()) == keys
