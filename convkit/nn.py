@@ -104,6 +104,8 @@ def convert(model: tnn.Module, algorithm: str = "auto", fuse_relu: bool = False)
         return top
     children = list(model.named_children())
     for i, (name, child) in enumerate(children):
+        if child is None:  # a ReLU already fused into the conv before it
+            continue
         fuse = (fuse_relu and isinstance(model, tnn.Sequential) and type(child) is tnn.Conv2d
                 and i + 1 < len(children) and type(children[i + 1][1]) is tnn.ReLU)
         new = _converted(child, algorithm, Conv2dReLU if fuse else None)
