@@ -1,0 +1,222 @@
+"""convkit on real CUDA tensors, checked against torch's CUDA ops (cuDNN, TF32 off).
+
+Marked ``gpu`` and skipped unless torch sees a CUDA device (and numba.cuda can use it). One extra
+test needs no GPU, only numba-cuda with NVVM (``pip install 'numba-cuda[cu12]'``): it compiles
+every kernel for sm_90 and, when ptxas is installed, checks that no kernel spills registers.
+"""
+import copy
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+HAS_GPU = torch.cuda.is_available() and not SIMULATOR
+gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU visible to torch")
+
+
+def tol(dtype):
+    return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    if not HAS_GPU:
+        yield
+        return
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+# (N, C, H, W, K, KH, KW, stride, padding, dilation, groups, bias)
+CONV_CASES = [
+    (8, 32, 14, 14, 64, 3, 3, 1, 1, 1, 1, True),  # SimpleCNN conv2 at batch 8
+    (4, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1, True),  # SimpleCNN conv1
+    (3, 6, 17, 23, 10, 5, 3, (2, 1), (2, 0), (1, 2), 2, False),
+    (2, 16, 20, 20, 16, 3, 3, 2, 1, 1, 16, True),  # depthwise
+    (2, 8, 70, 70, 130, 3, 3, 1, 0, 1, 1, True),  # several GEMM tiles in every dimension
+    (2, 3, 30, 40, 4, 9, 9, 3, 4, 2, 1, True),  # window larger than the shared tiles
+]
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv2d_matches_cudnn(case, algorithm, dtype):
+    import convkit.functional as CF
+
+    N, C, H, W, K, KH, KW, stride, padding, dilation, G, has_bias = CONV_CASES[case]
+    dev = torch.device("cuda")
+    x = torch.randn(N, C, H, W, dtype=dtype, device=dev, requires_grad=True)
+    w = torch.randn(K, C // G, KH, KW, dtype=dtype, device=dev, requires_grad=True)
+    b = torch.randn(K, dtype=dtype, device=dev, requires_grad=True) if has_bias else None
+    y_ref = F.conv2d(x, w, b, stride, padding, dilation, G)
+    gy = torch.randn_like(y_ref)
+    refs = torch.autograd.grad(y_ref, [t for t in (x, w, b) if t is not None], gy)
+    y = CF.conv2d(x, w, b, stride, padding, dilation, G, algorithm=algorithm)
+    assert y.device == dev and y.dtype == dtype
+    got = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], gy)
+    torch.testing.assert_close(y, y_ref, **tol(dtype))
+    for name, g, r in zip(("grad_input", "grad_weight", "grad_bias"), got, refs):
+        torch.testing.assert_close(g, r, **tol(dtype), msg=name)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+def test_conv2d_results_are_deterministic(algorithm):
+    import convkit.functional as CF
+
+    x = torch.randn(16, 32, 14, 14, device="cuda", requires_grad=True)
+    w = torch.randn(64, 32, 3, 3, device="cuda", requires_grad=True)
+    runs = []
+    for _ in range(2):
+        y = CF.conv2d(x, w, None, 1, 1, algorithm=algorithm)
+        runs.append((y, *torch.autograd.grad(y.square().sum(), (x, w))))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("args", [(3, 2, 1, 1, True), (2, None, 0, 1, False),
+                                  ((3, 2), (2, 1), (1, 0), (2, 1), False)])
+def test_max_pool2d_and_relu_match_torch(args, dtype):
+    import convkit.functional as CF
+
+    x = torch.randn(4, 8, 21, 19, dtype=dtype, device="cuda", requires_grad=True)
+    y_ref, i_ref = F.max_pool2d(x, *args[:4], ceil_mode=args[4], return_indices=True)
+    y, i = CF.max_pool2d(x, *args[:4], ceil_mode=args[4], return_indices=True)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    assert torch.equal(i, i_ref)
+    gy = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0],
+                               torch.autograd.grad(y_ref, x, gy)[0], **tol(dtype))
+    r_ref, r = torch.relu(x), CF.relu(x)
+    torch.testing.assert_close(r, r_ref, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(r, x, gy.new_ones(r.shape))[0],
+                               torch.autograd.grad(r_ref, x, gy.new_ones(r.shape))[0])
+
+
+def _simple_cnn():
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_simple_cnn_converted_matches_torch(algorithm, dtype):
+    import convkit
+
+    torch.manual_seed(0)
+    model = _simple_cnn().to("cuda", dtype)
+    ours = convkit.convert(copy.deepcopy(model), algorithm=algorithm)
+    assert not any(type(m) in (torch.nn.Conv2d, torch.nn.ReLU, torch.nn.MaxPool2d)
+                   for m in ours.modules()), "convert() left a torch layer in place"
+    x = torch.randn(16, 1, 28, 28, dtype=dtype, device="cuda")
+    target = torch.randint(0, 10, (16,), device="cuda")
+    loss_ref = F.cross_entropy(model(x), target)
+    loss_ref.backward()
+    loss = F.cross_entropy(ours(x), target)
+    loss.backward()
+    torch.testing.assert_close(loss, loss_ref, **tol(dtype))
+    for (name, p), q in zip(model.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, **tol(dtype), msg=name)
+
+
+@gpu
+@pytest.mark.gpu
+def test_runs_on_a_side_stream_without_host_sync():
+    """Ops enqueue on torch's current stream: results are right after that stream syncs."""
+    import convkit.functional as CF
+
+    x = torch.randn(8, 16, 32, 32, device="cuda")
+    w = torch.randn(32, 16, 3, 3, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        y = CF.max_pool2d(CF.relu(CF.conv2d(x, w, None, 1, 1, algorithm="im2col")), 2)
+    s.synchronize()
+    torch.testing.assert_close(y, F.max_pool2d(F.relu(F.conv2d(x, w, None, 1, 1)), 2),
+                               **tol(torch.float32))
+
+
+def _kernel_signatures():
+    from numba import types as T
+
+    from convkit.kernels.cuda import _common, pool, relu
+    from convkit.kernels.cuda import conv_direct as D
+    from convkit.kernels.cuda import conv_im2col as I
+
+    i64, b1 = T.int64, T.boolean
+    for dc, f in (("f", T.float32), ("d", T.float64)):
+        A4, A1, I4, I1 = T.Array(f, 4, "C"), T.Array(f, 1, "C"), T.Array(i64, 4, "C"), \
+            T.Array(i64, 1, "C")
+        ints = (i64,) * 7
+        table = [
+            ("direct forward tiled", D._forward_tiled(dc), (A4, A4, A1, b1, *ints, i64, A4)),
+            ("direct forward plain", D._forward_plain(dc), (A4, A4, A1, b1, *ints, A4)),
+            ("direct backward_input tiled", D._backward_input_tiled(dc),
+             (A4, A4, *ints, i64, A4)),
+            ("direct backward_input plain", D._backward_input_plain(dc), (A4, A4, *ints, A4)),
+            ("direct backward_weight", D._backward_weight(dc), (A4, A4) + (i64,) * 10 + (A1,)),
+            ("backward_bias", D._backward_bias(dc), (A4, A1)),
+            ("gemm", I._gemm(dc), (A1, A1, A1, A1) + (i64,) * 16 + (b1, b1)),
+            ("col2im", I._col2im(dc), (A1,) + (i64,) * 10 + (A4,)),
+            ("im2col", I._im2col, (A4,) + (i64,) * 10 + (A1,)),
+            ("sum_splits", _common._sum_splits_kernel(dc), (A1, i64, A1, b1)),
+            ("max_pool2d forward", pool._max_pool2d_forward, (A4,) + (i64,) * 8 + (A4, I4)),
+            ("max_pool2d backward", pool._max_pool2d_backward, (A1, I1, i64, i64, A1)),
+            ("relu forward", relu._relu_forward, (A1, A1)),
+            ("relu backward", relu._relu_backward, (A1, A1, A1)),
+        ]
+        for name, kernel, sig in table:
+            yield f"{name} ({f})", kernel, sig
+
+
+def _ptxas():
+    try:
+        import nvidia.cuda_nvcc  # noqa: F401  (the pip CUDA toolkit of numba-cuda[cu12])
+        path = os.path.join(list(nvidia.cuda_nvcc.__path__)[0], "bin", "ptxas")
+        if os.path.exists(path):
+            return path
+    except ImportError:
+        pass
+    return shutil.which("ptxas")
+
+
+@pytest.mark.skipif(SIMULATOR, reason="compiles real PTX; not under the simulator")
+def test_every_kernel_compiles_for_sm90_without_spills():
+    from numba import cuda
+    from numba.cuda.cudadrv.error import CudaSupportError, NvvmSupportError
+
+    ptxas = _ptxas()
+    for name, kernel, sig in _kernel_signatures():
+        try:
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        except (CudaSupportError, NvvmSupportError, OSError) as e:
+            pytest.skip(f"numba.cuda cannot compile PTX here (no NVVM/toolkit: {e!s:.80})")
+        if ptxas is None:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "k.ptx")
+            with open(src, "w") as f:
+                f.write(ptx)
+            r = subprocess.run([ptxas, "-arch=sm_90", "-v", src, "-o", os.devnull],
+                               capture_output=True, text=True)
+        assert r.returncode == 0, f"{name}: ptxas failed\n{r.stderr[-2000:]}"
+        assert "0 bytes spill stores" in r.stderr, f"{name} spills registers:\n{r.stderr}"

@@ -1,0 +1,278 @@
+"""convkit.kernels.cuda under numba's CUDA simulator, checked against torch CPU ops.
+
+Runs only in its own process with the simulator switched on before numba.cuda is imported:
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py
+
+The simulator runs every GPU thread as a Python thread, so shapes are tiny. To make tiny shapes
+span several tiles (edge tiles, partial blocks, several k-slices, batch splits and chunks), most
+cases run with every tile constant shrunk ("small" tiles: the kernels are written in terms of
+the constants only); a subset runs with the shipped constants.
+"""
+import copy
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    pytest.skip("CUDA simulator tests: run `NUMBA_ENABLE_CUDASIM=1 python -m pytest "
+                "tests/test_cuda_sim.py` in a process of their own", allow_module_level=True)
+
+from numba import cuda  # noqa: E402
+
+import convkit.kernels.cuda as K  # noqa: E402
+from convkit.kernels.cuda import _common, conv_direct, conv_im2col  # noqa: E402
+
+pytestmark = pytest.mark.cudasim
+
+SMALL_TILES = {
+    _common: dict(THREADS_1D=32, MAX_BLOCKS_1D=2),
+    conv_direct: dict(DIRECT_BW=4, DIRECT_BH=2, DIRECT_KB=2, DIRECT_THREADS=8, DIRECT_MAX_TAPS=9,
+                      DIRECT_IN_H=8, DIRECT_IN_W=10, BIAS_THREADS=8, WGRAD_THREADS=8,
+                      WGRAD_TAPS=4, WGRAD_TARGET_BLOCKS=8),
+    conv_im2col: dict(GEMM_TM=8, GEMM_TN=8, GEMM_TK=4, GEMM_RM=2, GEMM_RN=2, GEMM_BX=4,
+                      GEMM_BY=4, GEMM_THREADS=16, GEMM_SA_W=9, GEMM_SB_W=9,
+                      GEMM_TARGET_BLOCKS=64),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_thread_switching():
+    """The simulator's threads wait on each other at every syncthreads(); switching the GIL
+    every 0.1 ms instead of 5 ms makes the run several times faster."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(old)
+
+
+def use_small_tiles(monkeypatch):
+    for module, values in SMALL_TILES.items():
+        for name, value in values.items():
+            monkeypatch.setattr(module, name, value)
+    # two images per unfold chunk: a 3-image batch runs a full and a partial chunk
+    monkeypatch.setattr(conv_im2col, "_chunk", lambda N, *_: min(N, 2))
+
+
+@pytest.fixture(params=["small", "shipped"])
+def tiles(request, monkeypatch):
+    if request.param == "small":
+        use_small_tiles(monkeypatch)
+    return request.param
+
+
+def dev(t: torch.Tensor):
+    return cuda.to_device(t.detach().numpy())
+
+
+def host(a) -> torch.Tensor:
+    return torch.from_numpy(a.copy_to_host())
+
+
+def tol(dtype):
+    return dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+
+
+# (N, C, H, W, K, KH, KW, stride, padding, dilation, groups, bias)
+CONV_CASES = {
+    "pad1": (2, 3, 7, 9, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1, True),
+    "stride2-groups2": (2, 4, 8, 7, 6, 3, 3, (2, 2), (0, 0), (1, 1), 2, False),
+    "dilation-asym-n1": (1, 2, 9, 10, 3, 3, 2, (1, 2), (2, 1), (2, 1), 1, True),
+    "depthwise": (2, 4, 6, 6, 4, 3, 3, (1, 1), (1, 1), (1, 1), 4, True),
+    "depthwise-x2": (2, 3, 5, 7, 6, 3, 3, (2, 1), (1, 0), (1, 2), 3, False),
+    "1x1": (3, 5, 4, 5, 7, 1, 1, (1, 1), (0, 0), (1, 1), 1, True),
+    "5x5-pad2": (2, 2, 9, 9, 3, 5, 5, (1, 1), (2, 2), (1, 1), 1, True),
+    "stride3-wide": (2, 2, 6, 11, 3, 2, 3, (1, 3), (0, 1), (1, 1), 1, False),
+    "out1x1": (3, 2, 3, 3, 2, 3, 3, (1, 1), (0, 0), (1, 1), 1, True),
+}
+SHIPPED_CASES = {"pad1", "stride3-wide", "5x5-pad2"}  # tiled and plain paths at shipped sizes
+
+
+def _conv_reference(x, w, b, stride, padding, dilation, groups, gy):
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    br = b.clone().requires_grad_() if b is not None else None
+    y = F.conv2d(xr, wr, br, stride, padding, dilation, groups)
+    y.backward(gy)
+    return y.detach(), xr.grad, wr.grad, br.grad if b is not None else None
+
+
+FLOAT32_CASES = {"pad1", "stride2-groups2", "depthwise"}  # float64 covers every case
+CONV_PARAMS = ([("small", c, torch.float64) for c in sorted(CONV_CASES)]
+               + [("small", c, torch.float32) for c in sorted(FLOAT32_CASES)]
+               + [("shipped", c, torch.float64) for c in sorted(SHIPPED_CASES)])
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("tiles,case,dtype", CONV_PARAMS, indirect=["tiles"])
+def test_conv2d_matches_torch(case, algorithm, dtype, tiles):
+    N, C, H, W, Kc, KH, KW, stride, padding, dilation, G, has_bias = CONV_CASES[case]
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(Kc, C // G, KH, KW, dtype=dtype)
+    b = torch.randn(Kc, dtype=dtype) if has_bias else None
+    OH = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    OW = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    gy = torch.randn(N, Kc, OH, OW, dtype=dtype)
+    y_ref, gx_ref, gw_ref, gb_ref = _conv_reference(x, w, b, stride, padding, dilation, G, gy)
+    args = (stride, padding, dilation, G, algorithm)
+
+    y = K.conv2d_forward(dev(x), dev(w), dev(b) if has_bias else None, *args)
+    gx = K.conv2d_backward_input(dev(gy), dev(w), x.shape, *args)
+    gw = K.conv2d_backward_weight(dev(x), dev(gy), w.shape, *args)
+    for name, got, ref in [("y", y, y_ref), ("grad_input", gx, gx_ref),
+                           ("grad_weight", gw, gw_ref)]:
+        got = host(got)
+        assert got.dtype == dtype and got.shape == ref.shape, name
+        torch.testing.assert_close(got, ref, **tol(dtype), msg=f"{name} differs")
+    if has_bias:
+        torch.testing.assert_close(host(K.conv2d_backward_bias(dev(gy))), gb_ref, **tol(dtype))
+
+
+def test_conv2d_fallback_paths_are_taken(monkeypatch):
+    """The shape table above reaches both the shared-memory kernels and the plain ones."""
+    use_small_tiles(monkeypatch)
+    seen = []
+    for name in ("_forward_tiled", "_forward_plain", "_backward_input_tiled",
+                 "_backward_input_plain"):
+        real = getattr(conv_direct, name)
+        monkeypatch.setattr(conv_direct, name,
+                            lambda dc, _real=real, _name=name: seen.append(_name) or _real(dc))
+    for case in ("pad1", "5x5-pad2"):
+        N, C, H, W, Kc, KH, KW, stride, padding, dilation, G, _ = CONV_CASES[case]
+        x = dev(torch.randn(N, C, H, W, dtype=torch.float64))
+        w = dev(torch.randn(Kc, C // G, KH, KW, dtype=torch.float64))
+        y = K.conv2d_forward(x, w, None, stride, padding, dilation, G, "direct")
+        K.conv2d_backward_input(y, w, x.shape, stride, padding, dilation, G, "direct")
+    assert seen == ["_forward_tiled", "_backward_input_tiled", "_forward_plain",
+                    "_backward_input_plain"]
+
+
+@pytest.mark.parametrize("tiles,shape", [("small", (5, 7, 9)), ("small", (17, 33, 10)),
+                                          ("small", (1, 1, 1)), ("shipped", (17, 33, 10))],
+                         indirect=["tiles"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_matches_numpy(shape, dtype, tiles):
+    M, KR, NC = shape
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((M, KR)).astype(dtype), rng.standard_normal((KR, NC)).astype(dtype)
+    got = K.gemm(cuda.to_device(a), cuda.to_device(b)).copy_to_host()
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=rtol, atol=rtol)
+
+
+# (input shape, kernel_size, stride, padding, dilation, ceil_mode)
+POOL_CASES = [
+    ((2, 3, 7, 8), (3, 3), (2, 2), (1, 1), (1, 1), True),
+    ((1, 2, 9, 9), (3, 2), (2, 1), (1, 0), (2, 1), False),
+    ((2, 2, 6, 6), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    ((1, 1, 5, 7), (3, 3), (1, 1), (1, 1), (1, 1), False),  # up to 9 windows share a maximum
+    ((1, 2, 6, 5), (2, 3), (3, 2), (1, 1), (1, 2), True),
+]
+
+
+@pytest.mark.parametrize("tiles,case", [("small", i) for i in range(len(POOL_CASES))]
+                         + [("shipped", 0)], indirect=["tiles"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool2d_matches_torch(case, dtype, tiles):
+    shape, kernel, stride, padding, dilation, ceil_mode = POOL_CASES[case]
+    x = torch.randn(shape, dtype=dtype)
+    x.view(-1)[::7] = x.view(-1)[1]  # ties: the first maximum in scan order wins
+    xr = x.clone().requires_grad_()
+    y_ref, i_ref = F.max_pool2d(xr, kernel, stride, padding, dilation, ceil_mode,
+                                return_indices=True)
+    gy = torch.randn_like(y_ref)
+    y_ref.backward(gy)
+    y, i = K.max_pool2d_forward(dev(x), kernel, stride, padding, dilation, ceil_mode)
+    torch.testing.assert_close(host(y), y_ref.detach(), rtol=0, atol=0)
+    assert torch.equal(host(i), i_ref)
+    gx = K.max_pool2d_backward(dev(gy), i, x.shape)
+    torch.testing.assert_close(host(gx), xr.grad, **tol(dtype))
+
+
+def test_max_pool2d_nan_and_inf_follow_torch_cpu():
+    x = torch.tensor([[[[1.0, float("nan"), 3.0, -float("inf")],
+                        [float("nan"), 0.5, -float("inf"), -float("inf")],
+                        [2.0, 2.0, 7.0, float("nan")]]]], dtype=torch.float64)
+    for args in [((2, 2), (2, 2), (0, 0), (1, 1), True), ((2, 2), (1, 1), (1, 1), (1, 1), False)]:
+        y_ref, i_ref = F.max_pool2d(x, *args, return_indices=True)
+        y, i = K.max_pool2d_forward(dev(x), *args)
+        torch.testing.assert_close(host(y), y_ref, equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(host(i), i_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_matches_torch(dtype, tiles):
+    x = torch.randn(3, 2, 5, 7, dtype=dtype)
+    x.view(-1)[::5] = 0.0
+    x.view(-1)[3] = float("nan")
+    xr = x.clone().requires_grad_()
+    y_ref = torch.relu(xr)
+    gy = torch.randn_like(y_ref)
+    y_ref.backward(gy)
+    y = K.relu_forward(dev(x))
+    torch.testing.assert_close(host(y), y_ref.detach(), equal_nan=True, rtol=0, atol=0)
+    gx = host(K.relu_backward(dev(gy), y))
+    torch.testing.assert_close(gx, xr.grad, rtol=0, atol=0, equal_nan=True)
+    xd = dev(x)
+    K.relu_forward(xd, xd)
+    torch.testing.assert_close(host(xd), y_ref.detach(), equal_nan=True, rtol=0, atol=0)
+
+
+def test_stream_keyword_is_accepted():
+    """Every public kernel takes ``stream=`` (the simulator runs synchronously on any stream)."""
+    stream = cuda.stream()
+    x = dev(torch.randn(1, 2, 4, 4, dtype=torch.float64))
+    w = dev(torch.randn(2, 2, 3, 3, dtype=torch.float64))
+    y = K.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1, "im2col", stream=stream)
+    K.conv2d_backward_input(y, w, x.shape, (1, 1), (1, 1), (1, 1), 1, "direct", stream=stream)
+    K.conv2d_backward_weight(x, y, w.shape, (1, 1), (1, 1), (1, 1), 1, "direct", stream=stream)
+    K.conv2d_backward_bias(y, stream=stream)
+    r = K.relu_forward(y, stream=stream)
+    K.relu_backward(r, r, stream=stream)
+    p, i = K.max_pool2d_forward(r, (2, 2), (2, 2), (0, 0), (1, 1), False, stream=stream)
+    gx = K.max_pool2d_backward(p, i, r.shape, stream=stream)
+    stream.synchronize()
+    assert gx.shape == r.shape
+
+
+@pytest.fixture
+def sim_engine(monkeypatch):
+    """Route convkit.autograd's CPU tensors through the CUDA kernels (copied to the simulator)."""
+    import convkit.autograd as autograd
+
+    calls = []
+
+    def launch_kwargs():
+        calls.append(1)
+        return {"stream": 0}
+
+    engine = autograd.KernelEngine(K, lambda t: dev(t.detach().contiguous()),
+                                   lambda a: torch.from_numpy(a.copy_to_host()), launch_kwargs)
+    monkeypatch.setattr(autograd, "engine_for", lambda device: engine)
+    return calls
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+def test_functional_and_convert_run_on_cuda_kernels(sim_engine, algorithm):
+    """A SimpleCNN-shaped model, converted, matches torch through autograd and the CUDA kernels."""
+    import convkit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 5), torch.nn.ReLU(),
+        torch.nn.Linear(5, 3)).double()
+    ours = convkit.convert(copy.deepcopy(model), algorithm=algorithm)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    ref = model(x)
+    ref.sum().backward()
+    out = ours(x)
+    out.sum().backward()
+    assert sim_engine, "the CUDA kernel engine was not used"
+    torch.testing.assert_close(out, ref, **tol(torch.float64))
+    for (name, p), q in zip(model.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, **tol(torch.float64), msg=name)
