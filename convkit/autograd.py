@@ -93,14 +93,19 @@ class Conv2dFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = Conv2dBackwardInput.apply(gy, w, x.shape, *ctx.conf)
-        if ctx.needs_input_grad[1]:
-            gw = Conv2dBackwardWeight.apply(x, gy, w.shape, *ctx.conf)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = Conv2dBackwardBias.apply(gy)
-        return gx, gw, gb, None, None, None, None, None
+        return _conv2d_grads(ctx, gy, x, w)
+
+
+def _conv2d_grads(ctx, gy, x, w):
+    """The gradients a conv Function's backward returns, for the inputs that need them."""
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gx = Conv2dBackwardInput.apply(gy, w, x.shape, *ctx.conf)
+    if ctx.needs_input_grad[1]:
+        gw = Conv2dBackwardWeight.apply(x, gy, w.shape, *ctx.conf)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = Conv2dBackwardBias.apply(gy)
+    return gx, gw, gb, None, None, None, None, None
 
 
 class Conv2dReLUFunction(Function):
@@ -120,15 +125,7 @@ class Conv2dReLUFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         x, w, y = ctx.saved_tensors
-        g = ReLUBackward.apply(gy, y)
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = Conv2dBackwardInput.apply(g, w, x.shape, *ctx.conf)
-        if ctx.needs_input_grad[1]:
-            gw = Conv2dBackwardWeight.apply(x, g, w.shape, *ctx.conf)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = Conv2dBackwardBias.apply(g)
-        return gx, gw, gb, None, None, None, None, None
+        return _conv2d_grads(ctx, ReLUBackward.apply(gy, y), x, w)
 
 
 class Conv2dBackwardInput(Function):
