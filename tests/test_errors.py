@@ -62,6 +62,15 @@ def test_conv2d_not_a_tensor():
         cnn.Conv2d(3, 4, 3, algorithm="fft")
 
 
+@pytest.mark.parametrize("kwargs", [{"stride": 1.5}, {"padding": (1.0, 1)}, {"dilation": "2"},
+                                    {"groups": 1.0}])
+def test_conv2d_wrongly_typed_arguments_raise_type_error(kwargs):
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        CF.conv2d(x4, w4, **kwargs)
+    with pytest.raises(TypeError):
+        F.conv2d(x4, w4, **kwargs)
+
+
 def test_errors_derive_from_runtime_error_like_torch():
     assert issubclass(ArgumentError, ValueError) and issubclass(ArgumentError, RuntimeError)
     assert issubclass(DtypeError, TypeError) and issubclass(DtypeError, RuntimeError)

@@ -22,6 +22,11 @@ class DtypeError(TypeError, RuntimeError):
     """A tensor has a dtype the op does not accept, or dtypes do not match."""
 
 
+class ArgumentTypeError(TypeError, ArgumentError):
+    """An argument has the wrong Python type (a float stride, say): a TypeError, as torch
+    raises, that is also an ArgumentError."""
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -56,7 +61,9 @@ def pair(value: Union[int, Sequence[int]], name: str, op: str = "conv2d") -> Int
         return (int(value), int(value))
     if isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(_is_int(v) for v in value):
         return (int(value[0]), int(value[-1]))
-    raise ArgumentError(
+    is_sequence = isinstance(value, (tuple, list))
+    wrong_type = not is_sequence or not all(_is_int(v) for v in value)
+    raise (ArgumentTypeError if wrong_type else ArgumentError)(
         f"{op}: expected {name} to be a single integer value or a list of 2 values to match "
         f"the convolution dimensions, but got {name}={value!r}")
 
@@ -91,7 +98,9 @@ def check_conv2d(input_shape: Sequence[int], weight_shape: Sequence[int], bias_s
     if len(weight_shape) != 4:
         raise ArgumentError(f"conv2d: expected weight to be 4-D (out_channels, in_channels/groups, "
                             f"kH, kW), but got weight of size {list(weight_shape)}")
-    if not _is_int(groups) or groups <= 0:
+    if not _is_int(groups):
+        raise ArgumentTypeError(f"conv2d: expected groups to be an int, but got {groups!r}")
+    if groups <= 0:
         raise ArgumentError(f"conv2d: non-positive groups is not supported (groups={groups!r}); "
                             "expected a positive int")
     if min(stride) <= 0:
@@ -170,6 +179,6 @@ def conv2d_flops(input_shape, weight_shape, output_shape) -> int:
     return 2 * N * K * OH * OW * Cg * KH * KW
 
 
-__all__ = ["ArgumentError", "DtypeError", "ceil_div", "conv_output_size", "pool_output_size",
-           "pair", "conv2d_padding", "check_conv2d", "max_pool2d_args", "check_max_pool2d",
-           "conv2d_flops"]
+__all__ = ["ArgumentError", "ArgumentTypeError", "DtypeError", "ceil_div", "conv_output_size",
+           "pool_output_size", "pair", "conv2d_padding", "check_conv2d", "max_pool2d_args",
+           "check_max_pool2d", "conv2d_flops"]
