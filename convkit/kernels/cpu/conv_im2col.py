@@ -33,25 +33,29 @@ IM2COL_CHUNK_BYTES = 64 * 1024 * 1024
 @twin
 def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    for row in prange(C * KH * KW):
-        c, rs = row // (KH * KW), row % (KH * KW)
-        r, s = rs // KW, rs % KW
-        off = s * dil_w - pw
-        lo = max(0, -(off // sw)) if off < 0 else 0
-        hi = max(lo, min(OW, (W - 1 - off) // sw + 1))
-        for i in range(nb):
-            plane = x[n0 + i, c]
-            for oh in range(OH):
-                dst = cols[i, row, oh * OW:(oh + 1) * OW]
-                ih = oh * sh - ph + r * dil_h
-                if ih < 0 or ih >= H:
-                    dst[:] = 0
-                    continue
-                src = plane[ih]
-                dst[:lo] = 0
-                for ow in range(lo, hi):
-                    dst[ow] = src[ow * sw + off]
-                dst[hi:] = 0
+    for ic in prange(nb * C):
+        i, c = ic // C, ic % C
+        plane = x[n0 + i, c]
+        for r in range(KH):
+            for s in range(KW):
+                dst = cols[i, (c * KH + r) * KW + s]
+                off = s * dil_w - pw
+                lo = min(OW, max(0, -(off // sw))) if off < 0 else 0
+                hi = max(lo, min(OW, (W - 1 - off) // sw + 1))
+                for oh in range(OH):
+                    base = oh * OW
+                    ih = oh * sh - ph + r * dil_h
+                    if ih < 0 or ih >= H:
+                        for ow in range(OW):
+                            dst[base + ow] = 0
+                        continue
+                    src = plane[ih]
+                    for ow in range(lo):
+                        dst[base + ow] = 0
+                    for ow in range(lo, hi):
+                        dst[base + ow] = src[ow * sw + off]
+                    for ow in range(hi, OW):
+                        dst[base + ow] = 0
 
 
 @twin
@@ -63,7 +67,7 @@ def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
         plane[:, :] = 0
         for r in range(KH):
             for s in range(KW):
-                row = (c * KH + r) * KW + s
+                src = cols[i, (c * KH + r) * KW + s]
                 off = s * dil_w - pw
                 lo = max(0, -(off // sw)) if off < 0 else 0
                 hi = min(OW, (W - 1 - off) // sw + 1)
@@ -71,10 +75,10 @@ def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
                     ih = oh * sh - ph + r * dil_h
                     if ih < 0 or ih >= H:
                         continue
-                    src = cols[i, row, oh * OW:(oh + 1) * OW]
                     dst = plane[ih]
+                    base = oh * OW
                     for ow in range(lo, hi):
-                        dst[ow * sw + off] += src[ow]
+                        dst[ow * sw + off] += src[base + ow]
 
 
 @twin
