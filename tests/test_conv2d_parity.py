@@ -176,13 +176,15 @@ def test_conv2d_nan_and_inf_propagate(algorithm):
     torch.testing.assert_close(y, ref, equal_nan=True, atol=1e-5, rtol=1e-5)
 
 
-def test_conv2d_im2col_chunks_batches(monkeypatch):
-    # a buffer budget of one image forces one GEMM per image; results must not change
-    from convkit.kernels.cpu import conv_im2col
+def test_conv2d_im2col_blocks_and_workers(monkeypatch):
+    # a block budget of one image and three GEMM workers: one GEMM per image, images shared
+    # round robin between threads, partial weight gradients summed; results must not change
+    from convkit.kernels.cpu import blas, conv_im2col
 
     x, w, b = torch.randn(5, 3, 9, 9, dtype=torch.float64), \
         torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-    monkeypatch.setattr(conv_im2col, "IM2COL_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv_im2col, "IM2COL_BLOCK_BYTES", 1)
+    monkeypatch.setattr(blas, "workers", lambda flops: 3)
     ours = _grads(lambda x, w, b: CF.conv2d(x, w, b, padding=1, algorithm="im2col"), x, w, b, 3)
     ref = _grads(lambda x, w, b: F.conv2d(x, w, b, padding=1), x, w, b, 3)
     for o, r in zip(ours, ref):

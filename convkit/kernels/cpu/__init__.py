@@ -5,6 +5,8 @@ explicit (h, w) int pairs (padding symmetric); ``algorithm`` is "direct", "im2co
 (a measured, cached choice per pass and shape: see ``autotune``). Arguments
 are assumed valid (``convkit.functional`` validates them through ``convkit.kernels.shapes``).
 """
+import math
+
 import numpy as np
 
 from convkit.kernels.cpu import autotune, conv_direct, conv_im2col
@@ -20,7 +22,7 @@ def _conv(pass_name, algorithm, x_shape, w_shape, y_shape, conf, dtype, call):
     """Run ``call(kernel_module)`` for an explicit algorithm, or through the autotuner for auto."""
     if algorithm == "auto":
         key = (pass_name, tuple(x_shape), tuple(w_shape), *conf, np.dtype(dtype).name)
-        macs = int(np.prod(y_shape)) * int(np.prod(w_shape[1:]))
+        macs = math.prod(y_shape) * math.prod(w_shape[1:])
         return autotune.run(key, macs, w_shape, lambda alg: call(ALGORITHMS[alg]))
     try:
         module = ALGORITHMS[algorithm]

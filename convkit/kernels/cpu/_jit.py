@@ -35,7 +35,8 @@ class Twin:
                                     fn.__defaults__, fn.__closure__)
         serial.__qualname__ = fn.__qualname__ + "_serial"
         self.parallel = njit(parallel=True, cache=True, **options)(fn)
-        self.serial = njit(cache=True, **options)(serial)
+        # nogil: convkit's GEMM workers run serial kernels from several Python threads at once
+        self.serial = njit(cache=True, nogil=True, **options)(serial)
         self.__doc__ = fn.__doc__
 
     def __call__(self, work, *args):

@@ -16,24 +16,27 @@ Wg = w[g*Kg:(g+1)*Kg].reshape(Kg, R):
                                                              is stored (R, nb*P) and gy copied to
                                                              (K, nb*P), so the reduction is long
 
-The GEMMs are numpy matmul calls (BLAS); unfolding, folding and the layout copy are the Numba
-kernels below. col2im runs one task per (n, c) input plane, gathering every tap that lands in
-it, so it needs no atomics and is deterministic.
+The GEMMs are numpy matmul calls (BLAS, single-threaded, see ``blas``); unfolding, folding and
+the layout copy are the serial, GIL-free Numba kernels below. Parallelism comes from the workers:
+each takes every T-th block of images and runs unfold -> GEMM (-> fold) on it while the block
+is hot in its core's cache. col2im walks one (n, c) input plane at a time, adding every tap that
+lands in it in a fixed order: no atomics, deterministic.
 """
 import numpy as np
-from numba import prange
+from numba import njit
 
-from convkit.kernels.cpu._jit import twin
+from convkit.kernels.cpu import blas
 
-# Upper bound on the unfolded buffer: batch chunks are sized to fit it (at least one image),
-# so N64 C64 224^2 never materialises the whole unfolded matrix.
-IM2COL_CHUNK_BYTES = 64 * 1024 * 1024
+# Unfolded images per block: each GEMM worker unfolds a block this size (at least one image) and
+# multiplies it at once, while it is still in that core's L2 cache. The unfolded memory in use is
+# bounded by workers x max(this, one image), so N64 C64 224^2 never holds the whole matrix.
+IM2COL_BLOCK_BYTES = 512 * 1024
 
 
-@twin
+@njit(cache=True, nogil=True)
 def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    for ic in prange(nb * C):
+    for ic in range(nb * C):
         i, c = ic // C, ic % C
         plane = x[n0 + i, c]
         for r in range(KH):
@@ -58,10 +61,10 @@ def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
                         dst[base + ow] = 0
 
 
-@twin
+@njit(cache=True, nogil=True)
 def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
-    for ic in prange(nb * C):
+    for ic in range(nb * C):
         i, c = ic // C, ic % C
         plane = gx[n0 + i, c]
         plane[:, :] = 0
@@ -81,32 +84,34 @@ def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
                         dst[ow * sw + off] += src[base + ow]
 
 
-@twin
+@njit(cache=True, nogil=True)
 def _nchw_to_kp(a, n0, nb, out):
     """out[k, i*P + p] = a[n0 + i, k, p] for a: (N, K, P)."""
     K, P = a.shape[1], a.shape[2]
-    for k in prange(K):
+    for k in range(K):
         for i in range(nb):
             out[k, i * P:(i + 1) * P] = a[n0 + i, k]
 
 
-@twin
+@njit(cache=True, nogil=True)
 def _add_bias(y, b, n0, nb):
     """y[n0 + i, k, :] += b[k]."""
     K = y.shape[1]
-    for ik in prange(nb * K):
+    for ik in range(nb * K):
         i, k = ik // K, ik % K
         y[n0 + i, k] += b[k]
 
 
-def _chunk(N, rows, P, itemsize):
-    """Images per chunk so that a (rows, nb*P) buffer stays under IM2COL_CHUNK_BYTES."""
-    return max(1, min(N, IM2COL_CHUNK_BYTES // max(1, rows * P * itemsize)))
+def _block(N, rows, P, itemsize):
+    """Images per block so that a block's unfolded (rows, nb*P) matrix fits IM2COL_BLOCK_BYTES."""
+    return max(1, min(N, IM2COL_BLOCK_BYTES // max(1, rows * P * itemsize)))
 
 
-def _chunk(N, rows, P, itemsize):
-    """Images per chunk so that a (rows, nb*P) buffer stays under IM2COL_CHUNK_BYTES."""
-    return max(1, min(N, IM2COL_CHUNK_BYTES // max(1, rows * P * itemsize)))
+def _in_workers(N, nb, flops, work):
+    """Run ``work(blocks)`` on each worker with its share of the image blocks (round robin)."""
+    blocks = [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
+    T = min(len(blocks), blas.workers(flops)) if blocks else 1
+    return blas.run([lambda t=t: work(blocks[t::T]) for t in range(T)])
 
 
 def forward(x, w, b, stride, padding, dilation, groups, out_hw):
@@ -116,17 +121,20 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     P, G, Kg, R = OH * OW, groups, K // groups, Cg * KH * KW
     y = np.empty((N, K, P), dtype=x.dtype)
     wmat = w.reshape(K, R)
-    nb_max = _chunk(N, C * KH * KW, P, x.itemsize)
-    buf = np.empty(nb_max * C * KH * KW * P, dtype=x.dtype)
-    for n0 in range(0, N, nb_max):
-        nb = min(nb_max, N - n0)
-        cols = buf[:nb * C * KH * KW * P].reshape(nb, C * KH * KW, P)
-        _im2col(cols.size, x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
-        for g in range(G):
-            np.matmul(wmat[g * Kg:(g + 1) * Kg], cols[:, g * R:(g + 1) * R],
-                      out=y[n0:n0 + nb, g * Kg:(g + 1) * Kg])
-        if b is not None:
-            _add_bias(nb * K * P, y, b, n0, nb)
+    nb = _block(N, C * KH * KW, P, x.itemsize)
+
+    def work(blocks):
+        buf = np.empty((nb, C * KH * KW, P), dtype=x.dtype)
+        for n0, n1 in blocks:
+            cols = buf[:n1 - n0]
+            _im2col(x, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
+            for g in range(G):
+                np.matmul(wmat[g * Kg:(g + 1) * Kg], cols[:, g * R:(g + 1) * R],
+                          out=y[n0:n1, g * Kg:(g + 1) * Kg])
+            if b is not None:
+                _add_bias(y, b, n0, n1 - n0)
+
+    _in_workers(N, nb, 2 * N * K * R * P, work)
     return y.reshape(N, K, OH, OW)
 
 
@@ -138,15 +146,19 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     gx = np.empty(tuple(input_shape), dtype=gy.dtype)
     wmat = w.reshape(K, R)
     gy3 = gy.reshape(N, K, P)
-    nb_max = _chunk(N, C * KH * KW, P, gy.itemsize)
-    buf = np.empty(nb_max * C * KH * KW * P, dtype=gy.dtype)
-    for n0 in range(0, N, nb_max):
-        nb = min(nb_max, N - n0)
-        dcols = buf[:nb * C * KH * KW * P].reshape(nb, C * KH * KW, P)
-        for g in range(G):
-            np.matmul(wmat[g * Kg:(g + 1) * Kg].T, gy3[n0:n0 + nb, g * Kg:(g + 1) * Kg],
-                      out=dcols[:, g * R:(g + 1) * R])
-        _col2im(dcols.size, dcols, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, gx)
+    nb = _block(N, C * KH * KW, P, gy.itemsize)
+
+    def work(blocks):
+        buf = np.empty((nb, C * KH * KW, P), dtype=gy.dtype)
+        for n0, n1 in blocks:
+            dcols = buf[:n1 - n0]
+            for g in range(G):
+                np.matmul(wmat[g * Kg:(g + 1) * Kg].T, gy3[n0:n1, g * Kg:(g + 1) * Kg],
+                          out=dcols[:, g * R:(g + 1) * R])
+            _col2im(dcols, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW,
+                           gx)
+
+    _in_workers(N, nb, 2 * N * K * R * P, work)
     return gx
 
 
@@ -155,20 +167,23 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     K, Cg, KH, KW = weight_shape
     OH, OW = gy.shape[2], gy.shape[3]
     P, G, Kg, R = OH * OW, groups, K // groups, Cg * KH * KW
-    gw = np.zeros((K, R), dtype=x.dtype)
     gy3 = gy.reshape(N, K, P)
-    nb_max = _chunk(N, C * KH * KW, P, x.itemsize)
-    cbuf = np.empty(nb_max * C * KH * KW * P, dtype=x.dtype)
-    gbuf = np.empty(nb_max * K * P, dtype=x.dtype)
-    part = np.empty((Kg, R), dtype=x.dtype)
-    for n0 in range(0, N, nb_max):
-        nb = min(nb_max, N - n0)
-        c_ = cbuf[:nb * C * KH * KW * P].reshape(C * KH * KW, nb * P)
-        g_ = gbuf[:nb * K * P].reshape(K, nb * P)
-        cols = c_.reshape(C * KH * KW, nb, P).transpose(1, 0, 2)
-        _im2col(c_.size, x, n0, nb, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
-        _nchw_to_kp(g_.size, gy3, n0, nb, g_)
-        for g in range(G):
-            np.matmul(g_[g * Kg:(g + 1) * Kg], c_[g * R:(g + 1) * R].T, out=part)
-            gw[g * Kg:(g + 1) * Kg] += part
-    return gw.reshape(K, Cg, KH, KW)
+    nb = _block(N, C * KH * KW, P, x.itemsize)
+
+    def work(blocks):
+        """This worker's partial gradient: its blocks reduced with one long GEMM each."""
+        gw = np.zeros((K, R), dtype=x.dtype)
+        cbuf = np.empty(nb * C * KH * KW * P, dtype=x.dtype)
+        gbuf = np.empty(nb * K * P, dtype=x.dtype)
+        for n0, n1 in blocks:
+            c_ = cbuf[:(n1 - n0) * C * KH * KW * P].reshape(C * KH * KW, (n1 - n0) * P)
+            g_ = gbuf[:(n1 - n0) * K * P].reshape(K, (n1 - n0) * P)
+            cols = c_.reshape(C * KH * KW, n1 - n0, P).transpose(1, 0, 2)
+            _im2col(x, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
+            _nchw_to_kp(gy3, n0, n1 - n0, g_)
+            for g in range(G):
+                gw[g * Kg:(g + 1) * Kg] += g_[g * Kg:(g + 1) * Kg] @ c_[g * R:(g + 1) * R].T
+        return gw
+
+    partials = _in_workers(N, nb, 2 * N * K * R * P, work)
+    return sum(partials[1:], partials[0]).reshape(K, Cg, KH, KW)

@@ -21,22 +21,28 @@ def _max_pool2d_forward(x, KH, KW, sh, sw, ph, pw, dil_h, dil_w, y, indices):
         plane = x[n, c]
         for oh in range(OH):
             h0 = oh * sh - ph
-            h1 = min(h0 + (KH - 1) * dil_h + 1, H)
-            while h0 < 0:
+            while h0 < 0:  # first in-bounds tap: torch's index when no tap beats -inf
                 h0 += dil_h
             for ow in range(OW):
                 w0 = ow * sw - pw
-                w1 = min(w0 + (KW - 1) * dil_w + 1, W)
                 while w0 < 0:
                     w0 += dil_w
                 best_i = h0 * W + w0
                 best = -np.inf
-                for ih in range(h0, h1, dil_h):
-                    for iw in range(w0, w1, dil_w):
+                # taps by index, not range(h0, h1, dil_h): a stepped range costs a division
+                for i in range(KH):
+                    ih = oh * sh - ph + i * dil_h
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(KW):
+                        iw = ow * sw - pw + j * dil_w
+                        if iw < 0 or iw >= W:
+                            continue
                         v = plane[ih, iw]
-                        if v > best or np.isnan(v):
-                            best = v
-                            best_i = ih * W + iw
+                        # branch-free select: data-dependent branches mispredict half the time
+                        take = (v > best) | (v != v)
+                        best = v if take else best
+                        best_i = ih * W + iw if take else best_i
                 y[n, c, oh, ow] = best
                 indices[n, c, oh, ow] = best_i
 
