@@ -1,0 +1,1 @@
+python -m convkit.bench --report benchmarks/results
