@@ -1,1 +1,1 @@
-python -m convkit.bench --report benchmarks/results
+python -m convkit.bench --report benchmarks/results --readme README.md
