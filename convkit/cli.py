@@ -1,0 +1,180 @@
+"""The ``convkit`` command: ``convkit train`` (SimpleCNN on MNIST-format data), ``convkit bench``.
+
+    convkit train                            # 3 epochs on the embedded mnist-5k, convkit kernels
+    convkit train --backend torch --epochs 1
+    convkit train --data /usr/share/datasets/fashion-mnist --out runs/fashion --json fashion.json
+    convkit train --compare                  # convkit and torch from the same seed, side by side
+    convkit bench --quick                    # kernel benchmarks (see convkit.bench)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from convkit.data import EMBEDDED
+
+COMPARE_STEPS = 20  # steps whose losses --compare checks for agreement
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``convkit`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="convkit", description="convkit: train the tutorial's SimpleCNN on convkit's "
+        "kernels, or benchmark the kernels against torch.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,bench}")
+    sub.required = True
+    t = sub.add_parser("train", help="train the tutorial's SimpleCNN on MNIST-format data",
+                       description="Train SimpleCNN (conv-relu-pool x2, fc-relu-dropout-fc) with "
+                       "Adam and cross-entropy; prints per-epoch progress and a summary table.")
+    t.add_argument("--backend", choices=("convkit", "torch"), default="convkit",
+                   help="which kernels run conv, ReLU and max-pool (default: convkit)")
+    t.add_argument("--algorithm", choices=("auto", "direct", "im2col"), default="auto",
+                   help="convkit's convolution algorithm (default: auto)")
+    t.add_argument("--data", default=EMBEDDED, metavar="mnist-5k|DIR",
+                   help="'mnist-5k' (embedded, 4,000 train / 1,000 test digits) or a directory "
+                   "with the four MNIST-format IDX files, e.g. /usr/share/datasets/fashion-mnist")
+    t.add_argument("--epochs", type=_positive_int, default=3, help="default: 3")
+    t.add_argument("--batch-size", type=_positive_int, default=64, help="default: 64")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate "
+                   "(default: 1e-3)")
+    t.add_argument("--seed", type=int, default=0, help="weights, data order and dropout "
+                   "(default: 0)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    t.add_argument("--out", type=Path, metavar="DIR", help="write model.pt, metrics.json, "
+                   "training_curve.png and filters.png here (with --compare: DIR/<backend>/)")
+    t.add_argument("--json", type=Path, metavar="FILE", help="write the metrics JSON here")
+    t.add_argument("--compare", action="store_true", help="train with both backends from the "
+                   "same seed and print them side by side")
+    t.add_argument("--train-size", type=_positive_int, metavar="N",
+                   help="use only the first N training images")
+    t.add_argument("--test-size", type=_positive_int, metavar="N",
+                   help="evaluate on the first N test images only")
+    t.add_argument("--limit-batches", type=_positive_int, metavar="N",
+                   help="at most N training batches per epoch (smoke runs)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars; one line per "
+                   "epoch instead")
+    sub.add_parser("bench", help="benchmark convkit's kernels against torch "
+                   "(see 'convkit bench --help')", add_help=False)
+    return parser
+
+
+def _config(args: argparse.Namespace, backend: str):
+    from convkit.train import TrainConfig
+    return TrainConfig(backend=backend, data=args.data, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                       algorithm=args.algorithm, train_size=args.train_size,
+                       test_size=args.test_size, limit_batches=args.limit_batches,
+                       progress=not args.no_progress)
+
+
+def format_summary(metrics: dict) -> str:
+    """The per-epoch table printed after training."""
+    cfg, data = metrics["config"], metrics["data"]
+    lines = [f"SimpleCNN [{cfg['backend']}] on {data['source']} ({data['train_images']} train / "
+             f"{data['test_images']} test images), {metrics['parameters']:,} parameters, "
+             f"batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}, seed {cfg['seed']}, "
+             f"{cfg['device']}",
+             f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} "
+             f"{'seconds':>8} {'img/s':>8}"]
+    for e in metrics["epochs"]:
+        lines.append(f"{e['epoch']:>5} {e['train_loss']:>10.4f} {e['train_accuracy']:>8.2f}% "
+                     f"{e['test_loss']:>9.4f} {e['test_accuracy']:>7.2f}% {e['seconds']:>8.2f} "
+                     f"{e['images_per_second']:>8.0f}")
+    lines.append(f"test accuracy {metrics['test_accuracy']:.2f}% after {len(metrics['epochs'])} "
+                 f"epoch(s); {metrics['train_seconds']:.1f} s training "
+                 f"(+ {metrics['warmup_seconds']:.1f} s first-call warm-up)")
+    return "\n".join(lines)
+
+
+def compare_metrics(a: dict, b: dict, steps: int = COMPARE_STEPS) -> dict:
+    """Differences between two runs: final accuracy, and the largest loss gap over the first
+    ``steps`` training steps (the runs share seed, data order and dropout masks)."""
+    n = min(steps, len(a["step_losses"]), len(b["step_losses"]))
+    gaps = [abs(x - y) for x, y in zip(a["step_losses"][:n], b["step_losses"][:n])]
+    return {"test_accuracy_difference": a["test_accuracy"] - b["test_accuracy"],
+            "compared_steps": n, "max_step_loss_difference": max(gaps, default=0.0),
+            "time_per_epoch_ratio": a["train_seconds"] / b["train_seconds"]}
+
+
+def _throughput(metrics: dict) -> float:
+    return sum(e["images"] for e in metrics["epochs"]) / metrics["train_seconds"]
+
+
+def format_comparison(runs: dict, diff: dict) -> str:
+    """Side-by-side table of two runs (``runs`` maps backend name to metrics)."""
+    (na, a), (nb, b) = runs.items()
+    per_epoch = {k: m["train_seconds"] / len(m["epochs"]) for k, m in runs.items()}
+    rows = [("test accuracy (%)", a["test_accuracy"], b["test_accuracy"], "{:.2f}"),
+            ("test loss", a["test_loss"], b["test_loss"], "{:.4f}"),
+            ("final train loss", a["epochs"][-1]["train_loss"], b["epochs"][-1]["train_loss"],
+             "{:.4f}"),
+            ("time / epoch (s)", per_epoch[na], per_epoch[nb], "{:.2f}"),
+            ("images / s", _throughput(a), _throughput(b), "{:.0f}"),
+            ("warm-up (s)", a["warmup_seconds"], b["warmup_seconds"], "{:.2f}")]
+    lines = [f"{'':<20}{na:>12}{nb:>12}{na + '/' + nb:>16}"]
+    for label, x, y, fmt in rows:
+        ratio = f"{x / y:.2f}x" if y else "-"
+        lines.append(f"{label:<20}{fmt.format(x):>12}{fmt.format(y):>12}{ratio:>16}")
+    lines.append(f"largest |loss difference| over the first {diff['compared_steps']} steps: "
+                 f"{diff['max_step_loss_difference']:.2e}; test accuracy difference "
+                 f"{diff['test_accuracy_difference']:+.2f} points")
+    return "\n".join(lines)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``convkit train``: one backend, or both with --compare."""
+    from convkit.data import DataError, load_mnist
+    from convkit.train import train, write_json
+
+    try:
+        dataset = load_mnist(args.data)
+        backends = ("convkit", "torch") if args.compare else (args.backend,)
+        runs = {}
+        for backend in backends:
+            out = args.out / backend if args.out is not None and args.compare else args.out
+            runs[backend] = train(_config(args, backend), dataset, out=out)
+            print(format_summary(runs[backend]), flush=True)
+    except (DataError, ValueError) as e:
+        print(f"convkit train: error: {e}", file=sys.stderr)
+        return 2
+    if args.compare:
+        diff = compare_metrics(runs["convkit"], runs["torch"])
+        print(format_comparison(runs, diff))
+        result = {"compare": diff, "runs": runs}
+    else:
+        result = runs[args.backend]
+    if args.json is not None:
+        write_json(result, args.json)
+    if args.out is not None:
+        print(f"wrote {args.out}/")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``convkit`` console script and ``python -m convkit``."""
+    argv: List[str] = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from convkit import bench  # imported only when asked for: it pulls in the benchmark code
+        return bench.main(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    return run_train(args)
+
+
+__all__ = ["main", "build_parser", "run_train", "format_summary", "format_comparison",
+           "compare_metrics"]
