@@ -252,26 +252,32 @@ def plot_training_curve(metrics: dict, path: Union[str, os.PathLike]) -> None:
     plt.close(fig)
 
 
-def plot_filters(weight: torch.Tensor, path: Union[str, os.PathLike], title: str) -> None:
-    """Grid of the first input channel of each filter in ``weight`` (K, C, KH, KW)."""
+def plot_grid(planes: torch.Tensor, path: Union[str, os.PathLike], title: str, cols: int = 8,
+              numbered: bool = False) -> None:
+    """Save a grid of 2-D images ``planes`` (C, H, W), ``cols`` to a row, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    w = weight.detach().cpu()[:, 0]
-    cols = 8
-    rows = -(-w.shape[0] // cols)
+    planes = planes.detach().cpu()
+    rows = -(-planes.shape[0] // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.5 + 0.6), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
-        if i < w.shape[0]:
-            ax.imshow(w[i].numpy(), cmap="viridis")
-            ax.set_title(f"{i + 1}", fontsize=8)
+        if i < planes.shape[0]:
+            ax.imshow(planes[i].numpy(), cmap="viridis")
+            if numbered:
+                ax.set_title(f"{i + 1}", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def plot_filters(weight: torch.Tensor, path: Union[str, os.PathLike], title: str) -> None:
+    """Grid of the first input channel of each filter in ``weight`` (K, C, KH, KW)."""
+    plot_grid(weight[:, 0], path, title, numbered=True)
+
+
 __all__ = ["TrainConfig", "train", "evaluate", "write_outputs", "write_json",
-           "plot_training_curve", "plot_filters"]
+           "plot_training_curve", "plot_filters", "plot_grid"]

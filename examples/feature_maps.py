@@ -18,25 +18,7 @@ import torch
 
 from convkit.data import load_mnist
 from convkit.models import SimpleCNN, load_checkpoint
-from convkit.train import TrainConfig, plot_filters, train
-
-
-def plot_maps(maps: torch.Tensor, path: Path, title: str, cols: int = 8) -> None:
-    """Grid of the channels of ``maps`` (C, H, W)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = -(-maps.shape[0] // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.4 + 0.6), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < maps.shape[0]:
-            ax.imshow(maps[i].numpy(), cmap="viridis")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+from convkit.train import TrainConfig, plot_filters, plot_grid, train
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -73,9 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"test digit #{args.digit}: label {label}, predicted {predicted}")
     plot_filters(model.conv1.weight, args.out / "filters_trained.png",
                  "Trained convolutional filters (layer 1, 32 of 32)")
-    plot_maps(maps["relu1"][0], args.out / "feature_maps_conv1.png",
+    plot_grid(maps["relu1"][0], args.out / "feature_maps_conv1.png",
               f"conv1 -> ReLU feature maps (digit {label}), 32 x 28x28")
-    plot_maps(maps["pool2"][0, :32], args.out / "feature_maps_conv2.png",
+    plot_grid(maps["pool2"][0, :32], args.out / "feature_maps_conv2.png",
               f"conv2 -> ReLU -> pool feature maps (digit {label}), first 32 of 64, 7x7")
     for name, t in maps.items():
         print(f"  {name:<6} {list(t.shape)}  {float((t[0] > 0).float().mean()):.0%} positive")
