@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _LAZY = {"Conv2d": "convkit.nn", "ReLU": "convkit.nn", "MaxPool2d": "convkit.nn",
          "convert": "convkit.nn"}
-_SUBMODULES = {"functional", "nn", "autograd", "kernels", "models", "data", "utils"}
+_SUBMODULES = {"functional", "nn", "autograd", "kernels", "models", "data", "utils", "train"}
 
 
 def __getattr__(name):
