@@ -55,9 +55,8 @@ def select_algorithm(input_shape: Sequence[int], weight_shape: Sequence[int], st
     heuristic: direct for short per-pixel reductions (C/groups*KH*KW < 32), im2col otherwise.
     """
     if device_type == "cpu":
-        got = autotune.chosen(pass_name, tuple(input_shape), tuple(weight_shape), tuple(stride),
-                              tuple(padding), tuple(dilation), groups,
-                              str(dtype).replace("torch.", ""))
+        got = autotune.chosen(autotune.key(pass_name, input_shape, weight_shape, stride, padding,
+                                           dilation, groups, str(dtype).replace("torch.", "")))
         if got is not None:
             return got
     return autotune.heuristic(weight_shape)

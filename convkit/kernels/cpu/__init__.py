@@ -21,7 +21,7 @@ ALGORITHMS = {"direct": conv_direct, "im2col": conv_im2col}
 def _conv(pass_name, algorithm, x_shape, w_shape, y_shape, conf, dtype, call):
     """Run ``call(kernel_module)`` for an explicit algorithm, or through the autotuner for auto."""
     if algorithm == "auto":
-        key = (pass_name, tuple(x_shape), tuple(w_shape), *conf, np.dtype(dtype).name)
+        key = autotune.key(pass_name, x_shape, w_shape, *conf, np.dtype(dtype).name)
         macs = math.prod(y_shape) * math.prod(w_shape[1:])
         return autotune.run(key, macs, w_shape, lambda alg: call(ALGORITHMS[alg]))
     try:

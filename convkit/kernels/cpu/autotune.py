@@ -47,7 +47,14 @@ def run(key, macs: int, weight_shape, call):
     return out if alg == algorithms[-1] else call(alg)
 
 
-def chosen(pass_name: str, *key) -> str:
-    """The algorithm auto ran for a pass ("forward", "backward_input", "backward_weight") and
-    key, or None when that shape has not run yet."""
-    return CHOICES.get((pass_name,) + key)
+def key(pass_name: str, input_shape, weight_shape, stride, padding, dilation, groups: int,
+        dtype_name: str) -> tuple:
+    """The cache key of one conv pass ("forward", "backward_input", "backward_weight"): the one
+    place it is built, for the kernels that fill CHOICES and for callers that read it."""
+    return (pass_name, tuple(input_shape), tuple(weight_shape), tuple(stride), tuple(padding),
+            tuple(dilation), groups, dtype_name)
+
+
+def chosen(key: tuple) -> str:
+    """The algorithm auto ran for ``key`` (see :func:`key`), or None before that shape ran."""
+    return CHOICES.get(key)
