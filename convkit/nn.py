@@ -34,27 +34,24 @@ class Conv2d(tnn.Conv2d):
         s = super().extra_repr()
         return s if self.algorithm == "auto" else s + f", algorithm={self.algorithm!r}"
 
+    # the functional op this module applies; Conv2dReLU swaps in the fused one
+    _functional = staticmethod(CF.conv2d)
+
     def _conv_forward(self, input, weight, bias):
+        padding = self.padding
         if self.padding_mode != "zeros":
             # torch's one place for non-zero padding modes: pad, then a zero-padding conv.
             input = CF.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return CF.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups,
-                             algorithm=self.algorithm)
-        return CF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation,
-                         self.groups, algorithm=self.algorithm)
+            padding = 0
+        return self._functional(input, weight, bias, self.stride, padding, self.dilation,
+                                self.groups, algorithm=self.algorithm)
 
 
 class Conv2dReLU(Conv2d):
     """``Conv2d`` followed by ReLU as one fused op (:func:`convkit.functional.conv2d_relu`);
     parameters and ``state_dict`` are exactly a Conv2d's."""
 
-    def _conv_forward(self, input, weight, bias):
-        if self.padding_mode != "zeros":
-            input = CF.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return CF.conv2d_relu(input, weight, bias, self.stride, 0, self.dilation,
-                                  self.groups, algorithm=self.algorithm)
-        return CF.conv2d_relu(input, weight, bias, self.stride, self.padding, self.dilation,
-                              self.groups, algorithm=self.algorithm)
+    _functional = staticmethod(CF.conv2d_relu)
 
 
 class ReLU(tnn.ReLU):
