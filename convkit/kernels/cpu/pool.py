@@ -1,50 +1,100 @@
 """Max-pool 2-D forward (values and torch-style indices) and backward.
 
 x: (N, C, H, W) -> y, indices: (N, C, OH, OW). indices[n, c, oh, ow] is the flat index ih*W + iw
-of the maximum inside plane (n, c), as torch returns it. A window's taps are
-ih = oh*sh - ph + i*dil_h (i < KH), likewise for w; taps in the padding are skipped. NaN wins,
-and the last NaN of a window is the one reported, exactly as torch's CPU kernel.
+of the maximum inside plane (n, c), as torch returns it. Torch's CPU rule, reproduced exactly: a
+window's taps are ih = oh*sh - ph + i*dil_h (likewise for w), taps in the padding are skipped, the
+index starts at the window's first in-bounds tap, a tap replaces the best so far when it is
+greater or NaN (so the first maximum wins, and the last NaN), and the value is the one stored at
+that index (-0.0 stays -0.0).
+
+The forward kernel compares integer keys, not floats: the key of a float's bit pattern b is
+``(b ^ (sign & MAG)) - sign`` (sign = b >> (bits - 1), MAG = 2^(bits-1) - 1), which orders like
+the floats with -0.0 == 0.0, and NaN gets the largest key. Integer selects compile to conditional
+moves; float selects compile to branches on x86, and an arg-max over real data mispredicts about
+every other tap (see ``_jit``: this kernel is compiled branch-free). Windows fully inside the plane
+take an unrolled path for the common 2x2 / 3x3 kernels; border windows clip their taps.
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from convkit.kernels.cpu._jit import twin
 from convkit.kernels.shapes import pool_output_size
 
+_NAN_KEY = np.iinfo(np.int64).max
+_INT_DTYPE = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
-@twin
-def _max_pool2d_forward(x, KH, KW, sh, sw, ph, pw, dil_h, dil_w, y, indices):
-    N, C, H, W = x.shape
-    OH, OW = y.shape[2], y.shape[3]
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        plane = x[n, c]
+
+@njit(inline="always")
+def _window(o, stride, pad, dil, K, size):
+    """(first in-bounds tap, number of in-bounds taps) of window o along one axis."""
+    start = o * stride - pad
+    end = min(start + (K - 1) * dil + 1, size)
+    first = start
+    if first < 0:
+        first += ((-first + dil - 1) // dil) * dil
+    count = (end - first + dil - 1) // dil if end > first else 0
+    return first, count
+
+
+@njit(inline="always")
+def _key(bits, shift, mag, inf_bits):
+    """Order key of the float whose bit pattern is ``bits`` (see the module docstring)."""
+    b = np.int64(bits)
+    sign = b >> shift
+    return _NAN_KEY if (b & mag) > inf_bits else (b ^ (sign & mag)) - sign
+
+
+@njit(inline="always")
+def _argmax(flat, W, h0, nh, dh, w0, nw, dw, shift, mag, inf_bits):
+    """Flat index of the window's maximum, by torch's rule (first max, last NaN)."""
+    best_key = np.iinfo(np.int64).min  # below every key: the first tap is always taken
+    best = h0 * W + w0
+    for i in range(nh):
+        for j in range(nw):
+            k = (h0 + i * dh) * W + w0 + j * dw
+            key = _key(flat[k], shift, mag, inf_bits)
+            take = (key > best_key) | (key == _NAN_KEY)
+            best = k if take else best
+            best_key = key if take else best_key
+    return best
+
+
+@twin(branchless=True)
+def _max_pool2d_forward(xb, H, W, KH, KW, sh, sw, ph, pw, dil_h, dil_w, yb, indices,
+                        shift, mag, inf_bits, neg_inf):
+    """xb: (N*C, H*W) and yb: (N*C, OH, OW) are integer views of the float input and output."""
+    NC = xb.shape[0]
+    OH, OW = yb.shape[1], yb.shape[2]
+    # output columns whose KW taps all lie inside the row
+    lo = min(OW, (pw + sw - 1) // sw)
+    hi = max(lo, min(OW, (W - 1 - (KW - 1) * dil_w + pw) // sw + 1))
+    for p in prange(NC):
+        flat = xb[p]
         for oh in range(OH):
-            h0 = oh * sh - ph
-            while h0 < 0:  # first in-bounds tap: torch's index when no tap beats -inf
-                h0 += dil_h
+            h0, nh = _window(oh, sh, ph, dil_h, KH, H)
+            yrow, irow = yb[p, oh], indices[p, oh]
             for ow in range(OW):
-                w0 = ow * sw - pw
-                while w0 < 0:
-                    w0 += dil_w
-                best_i = h0 * W + w0
-                best = -np.inf
-                # taps by index, not range(h0, h1, dil_h): a stepped range costs a division
-                for i in range(KH):
-                    ih = oh * sh - ph + i * dil_h
-                    if ih < 0 or ih >= H:
-                        continue
-                    for j in range(KW):
-                        iw = ow * sw - pw + j * dil_w
-                        if iw < 0 or iw >= W:
-                            continue
-                        v = plane[ih, iw]
-                        # branch-free select: data-dependent branches mispredict half the time
-                        take = (v > best) | (v != v)
-                        best = v if take else best
-                        best_i = ih * W + iw if take else best_i
-                y[n, c, oh, ow] = best
-                indices[n, c, oh, ow] = best_i
+                if nh < KH or ow < lo or ow >= hi:  # border window: clip its taps
+                    w0, nw = _window(ow, sw, pw, dil_w, KW, W)
+                    k = _argmax(flat, W, h0, nh, dil_h, w0, nw, dil_w, shift, mag, inf_bits)
+                    yrow[ow] = flat[k] if nh > 0 and nw > 0 else neg_inf
+                    irow[ow] = k
+            if nh < KH:
+                continue
+            # interior windows; constant trip counts unroll the common kernels
+            if KH == 2 and KW == 2 and dil_h == 1 and dil_w == 1:
+                for ow in range(lo, hi):
+                    k = _argmax(flat, W, h0, 2, 1, ow * sw - pw, 2, 1, shift, mag, inf_bits)
+                    yrow[ow], irow[ow] = flat[k], k
+            elif KH == 3 and KW == 3 and dil_h == 1 and dil_w == 1:
+                for ow in range(lo, hi):
+                    k = _argmax(flat, W, h0, 3, 1, ow * sw - pw, 3, 1, shift, mag, inf_bits)
+                    yrow[ow], irow[ow] = flat[k], k
+            else:
+                for ow in range(lo, hi):
+                    k = _argmax(flat, W, h0, KH, dil_h, ow * sw - pw, KW, dil_w, shift, mag,
+                                inf_bits)
+                    yrow[ow], irow[ow] = flat[k], k
 
 
 @twin
@@ -63,14 +113,21 @@ def _max_pool2d_backward(gy, indices, gx):
 
 
 def max_pool2d_forward(x: np.ndarray, kernel_size, stride, padding, dilation, ceil_mode: bool):
-    """Return (y, indices) for a C-contiguous x: (N, C, H, W); arguments are (h, w) int pairs."""
+    """Return (y, indices) for a C-contiguous float x: (N, C, H, W); arguments are (h, w) pairs."""
     N, C, H, W = x.shape
     OH = pool_output_size(H, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     OW = pool_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     indices = np.empty((N, C, OH, OW), dtype=np.int64)
-    _max_pool2d_forward(y.size * kernel_size[0] * kernel_size[1], x, *kernel_size, *stride,
-                        *padding, *dilation, y, indices)
+    itype = _INT_DTYPE[x.dtype]
+    bits = 8 * x.itemsize
+    inf_bits = int(np.array(np.inf, x.dtype).view(itype))
+    neg_inf = np.array(-np.inf, x.dtype).view(itype)[()]
+    _max_pool2d_forward(y.size * kernel_size[0] * kernel_size[1],
+                        x.reshape(N * C, H * W).view(itype), H, W, *kernel_size, *stride,
+                        *padding, *dilation, y.reshape(N * C, OH, OW).view(itype),
+                        indices.reshape(N * C, OH, OW), bits - 1, (1 << (bits - 1)) - 1,
+                        inf_bits, neg_inf)
     return y, indices
 
 
