@@ -179,13 +179,17 @@ def _backward_weight(x, gy, sh, sw, ph, pw, dil_h, dil_w, G, zero, gw):
                 gw[k, c, r, s] = acc
 
 
-@twin
+@twin(fastmath={"reassoc"})
 def _backward_bias(gy, gb):
-    N, K, OH, OW = gy.shape
+    """gb[k] = sum of gy[:, k], accumulated in float64 (reassociation lets the sum vectorise)."""
+    N, K = gy.shape[0], gy.shape[1]
+    P = gy.shape[2] * gy.shape[3]
     for k in prange(K):
-        acc = 0.0  # float64 partial sums: a bias gradient sums N*OH*OW terms
+        acc = 0.0
         for n in range(N):
-            acc += gy[n, k].sum()
+            plane = gy[n, k].reshape(P)
+            for i in range(P):
+                acc += np.float64(plane[i])
         gb[k] = acc
 
 

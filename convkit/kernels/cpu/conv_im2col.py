@@ -34,54 +34,105 @@ IM2COL_BLOCK_BYTES = 512 * 1024
 
 
 @njit(cache=True, nogil=True)
+def _taps(KH, KW, sh, sw, ph, pw, dil_h, dil_w, H, W, OH, OW):
+    """Per tap t = r*KW + s: [dr, oh0, oh1, off, lo, hi] -- the input row offset dr of output row
+    0, the output rows [oh0, oh1) whose input row exists, the input column offset off of output
+    column 0, and the output columns [lo, hi) whose input column exists."""
+    taps = np.empty((KH * KW, 6), dtype=np.int64)
+    for r in range(KH):
+        for s in range(KW):
+            dr = r * dil_h - ph
+            oh0 = min(OH, max(0, (-dr + sh - 1) // sh))
+            off = s * dil_w - pw
+            lo = min(OW, max(0, (-off + sw - 1) // sw))
+            taps[r * KW + s] = (dr, oh0, max(oh0, min(OH, (H - 1 - dr) // sh + 1)),
+                                off, lo, max(lo, min(OW, (W - 1 - off) // sw + 1)))
+    return taps
+
+
+@njit(cache=True, nogil=True)
 def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    P, T = OH * OW, KH * KW
+    taps = _taps(KH, KW, sh, sw, ph, pw, dil_h, dil_w, H, W, OH, OW)
+    # stride 1 with OW == W: a tap's whole row of cols is the plane shifted by dr*W + off,
+    # copied in one run, then the columns that fell into the left/right padding are zeroed
+    shifted = sh == 1 and sw == 1 and OW == W
     for ic in range(nb * C):
         i, c = ic // C, ic % C
-        plane = x[n0 + i, c]
-        for r in range(KH):
-            for s in range(KW):
-                dst = cols[i, (c * KH + r) * KW + s]
-                off = s * dil_w - pw
-                lo = min(OW, max(0, -(off // sw))) if off < 0 else 0
-                hi = max(lo, min(OW, (W - 1 - off) // sw + 1))
-                for oh in range(OH):
-                    base = oh * OW
-                    ih = oh * sh - ph + r * dil_h
-                    if ih < 0 or ih >= H:
-                        for ow in range(OW):
-                            dst[base + ow] = 0
-                        continue
-                    src = plane[ih]
+        flat = x[n0 + i, c].reshape(H * W)
+        for t in range(T):
+            dst = cols[i, c * T + t]
+            dr, oh0, oh1, off, lo, hi = taps[t]
+            for k in range(oh0 * OW):
+                dst[k] = 0
+            for k in range(oh1 * OW, P):
+                dst[k] = 0
+            if shifted:
+                shift = dr * W + off
+                k0 = max(oh0 * OW, -shift)
+                k1 = min(oh1 * OW, H * W - shift)
+                if k1 > k0:  # slices, so the loop index starts at 0 and the copy vectorises
+                    d = dst[k0:k1]
+                    src = flat[k0 + shift:k1 + shift]
+                    for k in range(k1 - k0):
+                        d[k] = src[k]
+                for oh in range(oh0, oh1):
                     for ow in range(lo):
-                        dst[base + ow] = 0
-                    for ow in range(lo, hi):
-                        dst[base + ow] = src[ow * sw + off]
+                        dst[oh * OW + ow] = 0
                     for ow in range(hi, OW):
-                        dst[base + ow] = 0
+                        dst[oh * OW + ow] = 0
+                continue
+            for oh in range(oh0, oh1):
+                base = oh * OW
+                for ow in range(lo):
+                    dst[base + ow] = 0
+                for ow in range(hi, OW):
+                    dst[base + ow] = 0
+                if hi > lo:
+                    d = dst[base + lo:base + hi]
+                    src = flat[(oh * sh + dr) * W + lo * sw + off:]
+                    for k in range(hi - lo):
+                        d[k] = src[k * sw]
 
 
 @njit(cache=True, nogil=True)
 def _col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
+    """gx[n0 + i, c] = sum over taps of the cols entries that land on it, in tap order. ``cols``
+    is scratch: its entries that fall into the left/right padding are zeroed here."""
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    T = KH * KW
+    taps = _taps(KH, KW, sh, sw, ph, pw, dil_h, dil_w, H, W, OH, OW)
+    shifted = sh == 1 and sw == 1 and OW == W
     for ic in range(nb * C):
         i, c = ic // C, ic % C
-        plane = gx[n0 + i, c]
-        plane[:, :] = 0
-        for r in range(KH):
-            for s in range(KW):
-                src = cols[i, (c * KH + r) * KW + s]
-                off = s * dil_w - pw
-                lo = max(0, -(off // sw)) if off < 0 else 0
-                hi = min(OW, (W - 1 - off) // sw + 1)
-                for oh in range(OH):
-                    ih = oh * sh - ph + r * dil_h
-                    if ih < 0 or ih >= H:
-                        continue
-                    dst = plane[ih]
-                    base = oh * OW
-                    for ow in range(lo, hi):
-                        dst[ow * sw + off] += src[base + ow]
+        flat = gx[n0 + i, c].reshape(H * W)
+        for k in range(H * W):
+            flat[k] = 0
+        for t in range(T):
+            src = cols[i, c * T + t]
+            dr, oh0, oh1, off, lo, hi = taps[t]
+            if shifted:
+                for oh in range(oh0, oh1):  # padding columns would land on a neighbour row
+                    for ow in range(lo):
+                        src[oh * OW + ow] = 0
+                    for ow in range(hi, OW):
+                        src[oh * OW + ow] = 0
+                shift = dr * W + off
+                k0 = max(oh0 * OW, -shift)
+                k1 = min(oh1 * OW, H * W - shift)
+                if k1 > k0:
+                    d = flat[k0 + shift:k1 + shift]
+                    sv = src[k0:k1]
+                    for k in range(k1 - k0):
+                        d[k] += sv[k]
+                continue
+            for oh in range(oh0, oh1):
+                if hi > lo:
+                    d = flat[(oh * sh + dr) * W + lo * sw + off:]
+                    sv = src[oh * OW + lo:oh * OW + hi]
+                    for k in range(hi - lo):
+                        d[k * sw] += sv[k]
 
 
 @njit(cache=True, nogil=True)
@@ -108,10 +159,13 @@ def _block(N, rows, P, itemsize):
 
 
 def _in_workers(N, nb, flops, work):
-    """Run ``work(blocks)`` on each worker with its share of the image blocks (round robin)."""
+    """Run ``work(blocks)`` on each worker; the image blocks are handed out one at a time from a
+    shared iterator (a list iterator's next() is atomic under the GIL), so a worker whose core is
+    busy with another thread pool's spin-wait simply takes fewer blocks."""
     blocks = [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
     T = min(len(blocks), blas.workers(flops)) if blocks else 1
-    return blas.run([lambda t=t: work(blocks[t::T]) for t in range(T)])
+    shared = iter(blocks)
+    return blas.run([lambda: work(shared) for _ in range(T)])
 
 
 def forward(x, w, b, stride, padding, dilation, groups, out_hw):
