@@ -177,8 +177,9 @@ def test_conv2d_nan_and_inf_propagate(algorithm):
 
 
 def test_conv2d_im2col_blocks_and_workers(monkeypatch):
-    # a block budget of one image and three GEMM workers: one GEMM per image, images shared
-    # round robin between threads, partial weight gradients summed; results must not change
+    # a block budget of one image and three GEMM workers: one GEMM per image, images handed out
+    # to whichever thread asks first, per-block partial weight gradients summed; results must
+    # not change
     from convkit.kernels.cpu import blas, conv_im2col
 
     x, w, b = torch.randn(5, 3, 9, 9, dtype=torch.float64), \
@@ -189,6 +190,27 @@ def test_conv2d_im2col_blocks_and_workers(monkeypatch):
     ref = _grads(lambda x, w, b: F.conv2d(x, w, b, padding=1), x, w, b, 3)
     for o, r in zip(ours, ref):
         torch.testing.assert_close(o, r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv2d_im2col_weight_gradient_is_deterministic(monkeypatch, dtype):
+    # blocks go to whichever worker is free, so the reduction order must not follow the
+    # workers: 1 or 3 workers, bitwise the same weight gradient every time
+    from convkit.kernels.cpu import blas, conv_im2col
+
+    x = torch.randn(9, 4, 11, 11, dtype=dtype).numpy()
+    gy = torch.randn(9, 6, 11, 11, dtype=dtype).numpy()
+    monkeypatch.setattr(conv_im2col, "IM2COL_BLOCK_BYTES", 1)
+    results = []
+    for threads in (1, 3, 3, 2):
+        monkeypatch.setattr(blas, "workers", lambda flops, t=threads: t)
+        results.append(conv_im2col.backward_weight(x, gy, (6, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1))
+    for r in results[1:]:
+        assert r.tobytes() == results[0].tobytes()
+    gw = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), (6, 4, 3, 3),
+                                     torch.from_numpy(gy).double(), padding=1)
+    torch.testing.assert_close(torch.from_numpy(results[0]).double(), gw,
+                               atol=1e-4 if dtype == torch.float32 else 1e-10, rtol=1e-5)
 
 
 def test_conv2d_output_shares_memory_with_kernel_result():

@@ -31,6 +31,9 @@ from convkit.kernels.cpu import blas
 # multiplies it at once, while it is still in that core's L2 cache. The unfolded memory in use is
 # bounded by workers x max(this, one image), so N64 C64 224^2 never holds the whole matrix.
 IM2COL_BLOCK_BYTES = 512 * 1024
+# the weight gradient keeps one (K, R) partial per image block (summed in block order, so the
+# result is deterministic); blocks grow so the partials stay below this
+PARTIALS_BYTES = 64 << 20
 
 
 @njit(cache=True, nogil=True)
@@ -223,21 +226,27 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     P, G, Kg, R = OH * OW, groups, K // groups, Cg * KH * KW
     gy3 = gy.reshape(N, K, P)
     nb = _block(N, C * KH * KW, P, x.itemsize)
+    # one (K, R) partial per block: grow the blocks if that would exceed PARTIALS_BYTES
+    nb = min(max(N, 1), max(nb, -(-N * K * R * x.itemsize // PARTIALS_BYTES)))
+    blocks = -(-N // nb) if N else 0
+    partials = np.zeros((max(blocks, 1), K, R), dtype=x.dtype)
 
-    def work(blocks):
-        """This worker's partial gradient: its blocks reduced with one long GEMM each."""
-        gw = np.zeros((K, R), dtype=x.dtype)
+    def work(shared):
+        """Reduce each block this worker takes into that block's own partial (one long GEMM per
+        group); the partials are summed in block order below, so the result does not depend on
+        which worker took which block."""
         cbuf = np.empty(nb * C * KH * KW * P, dtype=x.dtype)
         gbuf = np.empty(nb * K * P, dtype=x.dtype)
-        for n0, n1 in blocks:
+        for n0, n1 in shared:
             c_ = cbuf[:(n1 - n0) * C * KH * KW * P].reshape(C * KH * KW, (n1 - n0) * P)
             g_ = gbuf[:(n1 - n0) * K * P].reshape(K, (n1 - n0) * P)
             cols = c_.reshape(C * KH * KW, n1 - n0, P).transpose(1, 0, 2)
             _im2col(x, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
             _nchw_to_kp(gy3, n0, n1 - n0, g_)
+            gw = partials[n0 // nb]
             for g in range(G):
-                gw[g * Kg:(g + 1) * Kg] += g_[g * Kg:(g + 1) * Kg] @ c_[g * R:(g + 1) * R].T
-        return gw
+                np.matmul(g_[g * Kg:(g + 1) * Kg], c_[g * R:(g + 1) * R].T,
+                          out=gw[g * Kg:(g + 1) * Kg])
 
-    partials = _in_workers(N, nb, 2 * N * K * R * P, work)
-    return sum(partials[1:], partials[0]).reshape(K, Cg, KH, KW)
+    _in_workers(N, nb, 2 * N * K * R * P, work)
+    return partials.sum(axis=0).reshape(K, Cg, KH, KW)
