@@ -99,17 +99,21 @@ def _max_pool2d_forward(xb, H, W, KH, KW, sh, sw, ph, pw, dil_h, dil_w, yb, indi
 
 @twin
 def _max_pool2d_backward(gy, indices, gx):
+    """Each plane is zeroed and then receives its gradients while it is in this core's cache."""
     N, C, H, W = gx.shape
     OH, OW = gy.shape[2], gy.shape[3]
-    HW = H * W
+    HW, OHW = H * W, OH * OW
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         plane = gx[n, c].reshape(HW)
-        for oh in range(OH):
-            for ow in range(OW):
-                i = indices[n, c, oh, ow]
-                if 0 <= i < HW:  # an index outside the plane is dropped, never written
-                    plane[i] += gy[n, c, oh, ow]
+        for i in range(HW):
+            plane[i] = 0
+        g = gy[n, c].reshape(OHW)
+        idx = indices[n, c].reshape(OHW)
+        for o in range(OHW):
+            i = idx[o]
+            if 0 <= i < HW:  # an index outside the plane is dropped, never written
+                plane[i] += g[o]
 
 
 def max_pool2d_forward(x: np.ndarray, kernel_size, stride, padding, dilation, ceil_mode: bool):
@@ -133,6 +137,6 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride, padding, dilation, ce
 
 def max_pool2d_backward(grad_output: np.ndarray, indices: np.ndarray, input_shape) -> np.ndarray:
     """grad_input: each output gradient added at the input position its index names."""
-    gx = np.zeros(tuple(input_shape), dtype=grad_output.dtype)
+    gx = np.empty(tuple(input_shape), dtype=grad_output.dtype)
     _max_pool2d_backward(grad_output.size, grad_output, indices, gx)
     return gx
