@@ -5,6 +5,7 @@ explicit (h, w) int pairs (padding symmetric); ``algorithm`` is "direct", "im2co
 (a measured, cached choice per pass and shape: see ``autotune``). Arguments
 are assumed valid (``convkit.functional`` validates them through ``convkit.kernels.shapes``).
 """
+import functools
 import math
 
 import numpy as np
@@ -18,10 +19,15 @@ from convkit.kernels.shapes import conv_output_size
 ALGORITHMS = {"direct": conv_direct, "im2col": conv_im2col}
 
 
+@functools.lru_cache(maxsize=None)
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name  # numpy's dtype.name is a slow Python property: ~10 us a call
+
+
 def _conv(pass_name, algorithm, x_shape, w_shape, y_shape, conf, dtype, call):
     """Run ``call(kernel_module)`` for an explicit algorithm, or through the autotuner for auto."""
     if algorithm == "auto":
-        key = autotune.key(pass_name, x_shape, w_shape, *conf, np.dtype(dtype).name)
+        key = autotune.key(pass_name, x_shape, w_shape, *conf, _dtype_name(dtype))
         macs = math.prod(y_shape) * math.prod(w_shape[1:])
         return autotune.run(key, macs, w_shape, lambda alg: call(ALGORITHMS[alg]))
     try:
