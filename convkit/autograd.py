@@ -15,6 +15,7 @@ import torch
 from torch.autograd import Function
 
 from convkit.kernels import cpu as _cpu_kernels
+from convkit.kernels.cpu import _openmp
 
 
 class KernelEngine:
@@ -60,6 +61,11 @@ def _cpu_launch_kwargs() -> dict:
 
 
 CPU_ENGINE = KernelEngine(_cpu_kernels, _cpu_array, torch.from_numpy, _cpu_launch_kwargs)
+
+# convkit's parallel CPU loops run on torch's own OpenMP pool when torch uses one (see
+# kernels.cpu._openmp: a second pool would fight torch's spin-waiting workers for the cores)
+if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+    _openmp.install(_openmp.find_openmp_runtime(prefer="torch"))
 
 
 def engine_for(device: torch.device) -> KernelEngine:

@@ -133,6 +133,17 @@ def test_conv2d_matches_torch(case, algorithm, dtype):
         torch.testing.assert_close(o, r.to(dtype), **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES[::6], ids=[_case_id(c) for c in CASES[::6]])
+def test_conv2d_im2col_numpy_gemm_fallback(monkeypatch, case, dtype):
+    # where numpy's BLAS exposes no cblas (not OpenBLAS), im2col runs its GEMMs with
+    # numpy.matmul on convkit's own threads: same numbers
+    from convkit.kernels.cpu import blas
+
+    monkeypatch.setattr(blas, "GEMM_ADDRESS", {})
+    test_conv2d_matches_torch(case, "im2col", dtype)
+
+
 @pytest.mark.parametrize("algorithm", ["auto", "direct", "im2col"])
 def test_conv2d_unbatched_input(algorithm):
     x, w, b = torch.randn(3, 9, 8), torch.randn(5, 3, 3, 3), torch.randn(5)

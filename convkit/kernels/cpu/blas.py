@@ -50,8 +50,34 @@ def _find_openblas_threads():
 _get_threads, _set_threads = _find_openblas_threads()
 
 
+def _find_cblas_gemm():
+    """{dtype char: address} of numpy's ILP64 OpenBLAS cblas_sgemm / cblas_dgemm, called from
+    Numba kernels (see ``_native.cblas_gemm``); empty when numpy's BLAS is not such a build."""
+    found = {}
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps
+                            if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        return found
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for char in "sd":
+            for name in (f"scipy_cblas_{char}gemm64_", f"cblas_{char}gemm64_"):
+                fn = getattr(lib, name, None)
+                if fn is not None and char not in found:
+                    found[char] = ctypes.cast(fn, ctypes.c_void_p).value
+    return found
+
+
+GEMM_ADDRESS = _find_cblas_gemm()
+
+
 @contextmanager
-def _single_threaded_blas():
+def single_threaded():
     if _set_threads is None:
         yield
         return
@@ -85,7 +111,7 @@ def workers(flops: int) -> int:
 
 def run(tasks) -> list:
     """Run zero-argument callables (each doing BLAS work) in parallel, BLAS single-threaded."""
-    with _single_threaded_blas():
+    with single_threaded():
         if len(tasks) == 1:
             return [tasks[0]()]
         return list(_executor().map(lambda t: t(), tasks))

@@ -23,9 +23,11 @@ is hot in its core's cache. col2im walks one (n, c) input plane at a time, addin
 lands in it in a fixed order: no atomics, deterministic.
 """
 import numpy as np
-from numba import njit
+from numba import carray, njit, prange
 
 from convkit.kernels.cpu import blas
+from convkit.kernels.cpu._jit import _PARALLEL_LOCK
+from convkit.kernels.cpu._native import cblas_gemm, fetch_add, voidptr
 
 # Unfolded images per block: each GEMM worker unfolds a block this size (at least one image) and
 # multiplies it at once, while it is still in that core's L2 cache. The unfolded memory in use is
@@ -171,7 +173,7 @@ def _in_workers(N, nb, flops, work):
     return blas.run([lambda: work(shared) for _ in range(T)])
 
 
-def forward(x, w, b, stride, padding, dilation, groups, out_hw):
+def _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw):
     N, C = x.shape[:2]
     K, Cg, KH, KW = w.shape
     OH, OW = out_hw
@@ -195,7 +197,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     return y.reshape(N, K, OH, OW)
 
 
-def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
+def _backward_input_numpy(gy, w, input_shape, stride, padding, dilation, groups):
     N, K, OH, OW = gy.shape
     C = input_shape[1]
     _, Cg, KH, KW = w.shape
@@ -219,7 +221,7 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     return gx
 
 
-def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
+def _backward_weight_numpy(x, gy, weight_shape, stride, padding, dilation, groups):
     N, C = x.shape[:2]
     K, Cg, KH, KW = weight_shape
     OH, OW = gy.shape[2], gy.shape[3]
@@ -249,4 +251,217 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
                           out=gw[g * Kg:(g + 1) * Kg])
 
     _in_workers(N, nb, 2 * N * K * R * P, work)
+    return partials.sum(axis=0).reshape(K, Cg, KH, KW)
+
+
+# ---- native pipeline: Numba workers calling cblas, launched on the OpenMP pool ----------------
+# argument block (int64): counters, sizes, conv parameters, addresses
+(_NEXT_BLOCK, _NEXT_SLOT, _N, _C, _H, _W, _K, _CG, _KH, _KW, _SH, _SW, _PH, _PW, _DH, _DW, _OH,
+ _OW, _G, _NB, _GEMM, _X, _WT, _B, _Y, _SCRATCH, _PARTIALS, NARGS) = range(28)
+_NO_TRANS, _TRANS = 111, 112
+
+
+@njit(inline="always")
+def _conv_params(a):
+    return (a[_KH], a[_KW], a[_SH], a[_SW], a[_PH], a[_PW], a[_DH], a[_DW], a[_OH], a[_OW])
+
+
+@njit(nogil=True, cache=True)
+def _forward_worker(a, one):
+    """Take image blocks until none is left: unfold, one GEMM per image and group into y, bias."""
+    N, C, H, W, K, G, nb = a[_N], a[_C], a[_H], a[_W], a[_K], a[_G], a[_NB]
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
+    P, Kg, R, CKK = OH * OW, K // G, a[_CG] * KH * KW, C * KH * KW
+    x = carray(voidptr(a[_X]), (N, C, H, W), one.dtype)
+    wm = carray(voidptr(a[_WT]), (K, R), one.dtype)
+    y = carray(voidptr(a[_Y]), (N, K, P), one.dtype)
+    slot = fetch_add(a, _NEXT_SLOT)
+    cols = carray(voidptr(a[_SCRATCH] + slot * nb * CKK * P * x.itemsize), (nb, CKK, P),
+                  one.dtype)
+    zero = one[0] - one[0]
+    while True:
+        n0 = fetch_add(a, _NEXT_BLOCK) * nb
+        if n0 >= N:
+            return
+        m = min(nb, N - n0)
+        _im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols)
+        for i in range(m):
+            for g in range(G):
+                cblas_gemm(a[_GEMM], _NO_TRANS, _NO_TRANS, Kg, P, R, one[0],
+                           wm[g * Kg:].ctypes.data, R, cols[i, g * R:].ctypes.data, P, zero,
+                           y[n0 + i, g * Kg:].ctypes.data, P)
+        if a[_B] != 0:
+            _add_bias(y, carray(voidptr(a[_B]), (K,), one.dtype), n0, m)
+
+
+@njit(nogil=True, cache=True)
+def _backward_input_worker(a, one):
+    """Take image blocks: dcols = W^T gy per image and group, then col2im into gx."""
+    N, C, H, W, K, G, nb = a[_N], a[_C], a[_H], a[_W], a[_K], a[_G], a[_NB]
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
+    P, Kg, R, CKK = OH * OW, K // G, a[_CG] * KH * KW, C * KH * KW
+    gx = carray(voidptr(a[_X]), (N, C, H, W), one.dtype)
+    wm = carray(voidptr(a[_WT]), (K, R), one.dtype)
+    gy = carray(voidptr(a[_Y]), (N, K, P), one.dtype)
+    slot = fetch_add(a, _NEXT_SLOT)
+    dcols = carray(voidptr(a[_SCRATCH] + slot * nb * CKK * P * gx.itemsize), (nb, CKK, P),
+                   one.dtype)
+    zero = one[0] - one[0]
+    while True:
+        n0 = fetch_add(a, _NEXT_BLOCK) * nb
+        if n0 >= N:
+            return
+        m = min(nb, N - n0)
+        for i in range(m):
+            for g in range(G):
+                cblas_gemm(a[_GEMM], _TRANS, _NO_TRANS, R, P, Kg, one[0],
+                           wm[g * Kg:].ctypes.data, R, gy[n0 + i, g * Kg:].ctypes.data, P, zero,
+                           dcols[i, g * R:].ctypes.data, P)
+        _col2im(dcols, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, gx)
+
+
+@njit(nogil=True, cache=True)
+def _backward_weight_worker(a, one):
+    """Take image blocks: partials[block] = gy_block @ cols_block^T per group, one long GEMM over
+    the block's nb*P output positions (cols stored (CKK, nb*P), gy copied to (K, nb*P))."""
+    N, C, H, W, K, G, nb = a[_N], a[_C], a[_H], a[_W], a[_K], a[_G], a[_NB]
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
+    P, Kg, R, CKK = OH * OW, K // G, a[_CG] * KH * KW, C * KH * KW
+    x = carray(voidptr(a[_X]), (N, C, H, W), one.dtype)
+    gy = carray(voidptr(a[_Y]), (N, K, P), one.dtype)
+    nblocks = (N + nb - 1) // nb
+    partials = carray(voidptr(a[_PARTIALS]), (nblocks, K, R), one.dtype)
+    slot = fetch_add(a, _NEXT_SLOT)
+    per_slot = nb * (CKK + K) * P
+    buf = carray(voidptr(a[_SCRATCH] + slot * per_slot * x.itemsize), (per_slot,), one.dtype)
+    zero = one[0] - one[0]
+    while True:
+        blk = fetch_add(a, _NEXT_BLOCK)
+        if blk >= nblocks:
+            return
+        n0 = blk * nb
+        m = min(nb, N - n0)
+        c2 = buf[:CKK * m * P].reshape(CKK, m * P)
+        g2 = buf[nb * CKK * P:nb * CKK * P + K * m * P].reshape(K, m * P)
+        _im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW,
+                c2.reshape(CKK, m, P).transpose(1, 0, 2))
+        _nchw_to_kp(gy, n0, m, g2)
+        for g in range(G):
+            cblas_gemm(a[_GEMM], _NO_TRANS, _TRANS, Kg, R, m * P, one[0],
+                       g2[g * Kg:].ctypes.data, m * P, c2[g * R:].ctypes.data, m * P, zero,
+                       partials[blk, g * Kg:].ctypes.data, R)
+
+
+@njit(parallel=True, cache=True)
+def _forward_team(a, one, T):
+    for _ in prange(T):
+        _forward_worker(a, one)
+
+
+@njit(parallel=True, cache=True)
+def _backward_input_team(a, one, T):
+    for _ in prange(T):
+        _backward_input_worker(a, one)
+
+
+@njit(parallel=True, cache=True)
+def _backward_weight_team(a, one, T):
+    for _ in prange(T):
+        _backward_weight_worker(a, one)
+
+
+_PASSES = {"forward": (_forward_worker, _forward_team),
+           "backward_input": (_backward_input_worker, _backward_input_team),
+           "backward_weight": (_backward_weight_worker, _backward_weight_team)}
+
+
+def _native_ok(dtype, *sizes) -> bool:
+    return np.dtype(dtype).char in blas.GEMM_ADDRESS and min(sizes) > 0
+
+
+def _run(pass_name, args, dtype, T):
+    """T workers, each taking image blocks until none is left: a parallel loop over the workers
+    (on the OpenMP pool where ``_openmp`` installed it), or the worker alone for T == 1."""
+    worker, team = _PASSES[pass_name]
+    one = np.ones(1, dtype=dtype)
+    with blas.single_threaded():
+        if T > 1:
+            with _PARALLEL_LOCK:
+                team(args, one, T)
+        else:
+            worker(args, one)
+
+
+def _args(x_shape, w_shape, conf, out_hw, nb, dtype, **addresses):
+    (sh, sw), (ph, pw), (dh, dw), G = conf
+    a = np.zeros(NARGS, dtype=np.int64)
+    a[_N:_W + 1] = x_shape
+    a[_K], a[_CG], a[_KH], a[_KW] = w_shape
+    a[_SH:_DW + 1] = (sh, sw, ph, pw, dh, dw)
+    a[_OH], a[_OW], a[_G], a[_NB] = out_hw[0], out_hw[1], G, nb
+    a[_GEMM] = blas.GEMM_ADDRESS[np.dtype(dtype).char]
+    for name, value in addresses.items():
+        a[globals()["_" + name.upper()]] = value
+    return a
+
+
+def forward(x, w, b, stride, padding, dilation, groups, out_hw):
+    N, C = x.shape[:2]
+    K, Cg, KH, KW = w.shape
+    P = out_hw[0] * out_hw[1]
+    if not _native_ok(x.dtype, N, C, K, P):
+        return _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw)
+    x, b = np.ascontiguousarray(x), None if b is None else np.ascontiguousarray(b)
+    y = np.empty((N, K) + tuple(out_hw), dtype=x.dtype)
+    nb = _block(N, C * KH * KW, P, x.itemsize)
+    nblocks = -(-N // nb)
+    T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
+    scratch = np.empty(T * nb * C * KH * KW * P, dtype=x.dtype)
+    wc = np.ascontiguousarray(w)
+    args = _args(x.shape, w.shape, (stride, padding, dilation, groups), out_hw, nb, x.dtype,
+                 x=x.ctypes.data, wt=wc.ctypes.data, b=0 if b is None else b.ctypes.data,
+                 y=y.ctypes.data, scratch=scratch.ctypes.data)
+    _run("forward", args, x.dtype, T)
+    return y
+
+
+def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
+    N, K, OH, OW = gy.shape
+    C = input_shape[1]
+    _, Cg, KH, KW = w.shape
+    P = OH * OW
+    if not _native_ok(gy.dtype, N, C, K, P):
+        return _backward_input_numpy(gy, w, input_shape, stride, padding, dilation, groups)
+    gy = np.ascontiguousarray(gy)
+    gx = np.empty(tuple(input_shape), dtype=gy.dtype)
+    nb = _block(N, C * KH * KW, P, gy.itemsize)
+    nblocks = -(-N // nb)
+    T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
+    scratch = np.empty(T * nb * C * KH * KW * P, dtype=gy.dtype)
+    wc = np.ascontiguousarray(w)
+    args = _args(input_shape, w.shape, (stride, padding, dilation, groups), (OH, OW), nb,
+                 gy.dtype, x=gx.ctypes.data, wt=wc.ctypes.data, y=gy.ctypes.data,
+                 scratch=scratch.ctypes.data)
+    _run("backward_input", args, gy.dtype, T)
+    return gx
+
+
+def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
+    N, C = x.shape[:2]
+    K, Cg, KH, KW = weight_shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    P, R = OH * OW, Cg * KH * KW
+    if not _native_ok(x.dtype, N, C, K, P):
+        return _backward_weight_numpy(x, gy, weight_shape, stride, padding, dilation, groups)
+    x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy)
+    nb = _block(N, C * KH * KW, P, x.itemsize)
+    nb = max(nb, -(-N * K * R * x.itemsize // PARTIALS_BYTES))  # bound the partials
+    nblocks = -(-N // nb)
+    T = min(nblocks, blas.workers(2 * N * K * R * P))
+    scratch = np.empty(T * nb * (C * KH * KW + K) * P, dtype=x.dtype)
+    partials = np.empty((nblocks, K, R), dtype=x.dtype)
+    args = _args(x.shape, weight_shape, (stride, padding, dilation, groups), (OH, OW), nb,
+                 x.dtype, x=x.ctypes.data, y=gy.ctypes.data, scratch=scratch.ctypes.data,
+                 partials=partials.ctypes.data)
+    _run("backward_weight", args, x.dtype, T)
     return partials.sum(axis=0).reshape(K, Cg, KH, KW)

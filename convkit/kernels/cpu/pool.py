@@ -138,5 +138,5 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride, padding, dilation, ce
 def max_pool2d_backward(grad_output: np.ndarray, indices: np.ndarray, input_shape) -> np.ndarray:
     """grad_input: each output gradient added at the input position its index names."""
     gx = np.empty(tuple(input_shape), dtype=grad_output.dtype)
-    _max_pool2d_backward(grad_output.size, grad_output, indices, gx)
+    _max_pool2d_backward(gx.size, grad_output, indices, gx)
     return gx

@@ -1,0 +1,153 @@
+"""Run Numba's parallel loops on the process's OpenMP pool (torch's) instead of a second pool.
+
+Why: torch's CPU ops run on torch's OpenMP (libgomp) workers, and after every torch op those
+workers spin-wait for several milliseconds (libgomp's default spin count) before they sleep.
+Numba threads started in that window share the cores with them: measured here, max-pool forward
+right after a torch.mm took 6.3 ms instead of 4.1 ms, an im2col conv 10 ms instead of 6 ms, and
+SimpleCNN's training step lost up to a quarter of its time that way. Run on the same pool, the
+spinning workers are simply the ones that pick the work up.
+
+How: Numba's parallel loops (prange) call an external function ``numba_parallel_for`` that the
+threading layer registers with LLVM (``numba.np.ufunc.parallel._launch_threads``), and reductions
+ask ``get_thread_id``. :func:`install` registers its own two, built here as Numba cfuncs:
+``parallel_for`` opens an OpenMP team with ``GOMP_parallel`` of the given libgomp and gives each
+thread its share of the schedule chunks, exactly as Numba's own OpenMP layer (omppool.cpp) does;
+``get_thread_id`` is that libgomp's ``omp_get_thread_num``. Everything else of the threading
+layer (thread counts, scheduling) stays Numba's workqueue layer. Kernels linked after install
+(compiled or loaded from Numba's cache) use the OpenMP pool; call install before the first
+parallel kernel runs.
+
+This module does not import torch: the autograd layer names torch's libgomp
+(:func:`find_openmp_runtime`) when torch's parallel backend is OpenMP. CONVKIT_OPENMP=0 turns it
+off. The cfuncs hold this process's function addresses, so they are compiled once per process
+(well under a second) and never cached.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from typing import Optional
+
+_installed: Optional[str] = None
+_lock = threading.Lock()
+_keep = []  # the cfuncs and ctypes objects whose addresses LLVM holds
+
+
+def find_openmp_runtime(prefer: str = "torch") -> Optional[str]:
+    """Path of a loaded libgomp, preferring one whose path contains ``prefer``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps
+                            if "libgomp" in os.path.basename(line.split()[-1])})
+    except OSError:
+        return None
+    preferred = [p for p in paths if prefer in p]
+    return (preferred or paths or [None])[0]
+
+
+def installed() -> Optional[str]:
+    """The libgomp whose pool runs Numba's parallel loops, or None (Numba's own layer)."""
+    return _installed
+
+
+def install(path: Optional[str]) -> bool:
+    """Route Numba's parallel loops through ``GOMP_parallel`` of the libgomp at ``path``."""
+    global _installed
+    if path is None or os.environ.get("CONVKIT_OPENMP", "1") == "0":
+        return False
+    with _lock:
+        if _installed is not None:
+            return _installed == path
+        try:
+            gomp = ctypes.CDLL(path)
+            gomp_parallel, thread_num, num_threads = (
+                gomp.GOMP_parallel, gomp.omp_get_thread_num, gomp.omp_get_num_threads)
+        except (OSError, AttributeError):
+            return False
+        gomp_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        gomp_parallel.restype = None
+        for fn in (thread_num, num_threads):
+            fn.argtypes, fn.restype = [], ctypes.c_int
+        parallel_for, get_thread_id = _build(gomp_parallel, thread_num, num_threads)
+
+        import llvmlite.binding as llvm
+        from numba.np.ufunc import parallel as numba_parallel
+
+        numba_parallel._launch_threads()  # Numba registers its layer first; ours replaces it
+        llvm.add_symbol("numba_parallel_for", parallel_for.address)
+        llvm.add_symbol("get_thread_id", get_thread_id.address)
+        _keep.extend([gomp, gomp_parallel, thread_num, num_threads, parallel_for,
+                      get_thread_id])
+        _installed = path
+        return True
+
+
+def _build(gomp_parallel, thread_num, num_threads):
+    """The two cfuncs, for this libgomp (see the module docstring)."""
+    import numpy as np
+    from llvmlite import ir
+    from numba import carray, cfunc, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def address(typingctx, pointer):
+        def codegen(context, builder, signature, args):
+            return builder.ptrtoint(args[0], ir.IntType(64))
+        return types.int64(pointer), codegen
+
+    @intrinsic
+    def pointer(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], cgutils.voidptr_t)
+        return types.voidptr(types.int64), codegen
+
+    @intrinsic
+    def call_gufunc(typingctx, fn, args, dims, steps, data):
+        """fn(args, dims, steps, data): Numba's gufunc calling convention, all void*."""
+        def codegen(context, builder, signature, a):
+            vp = cgutils.voidptr_t
+            callee = builder.inttoptr(a[0], ir.FunctionType(ir.VoidType(), [vp] * 4).as_pointer())
+            builder.call(callee, [builder.inttoptr(v, vp) for v in a[1:]])
+            return context.get_dummy_value()
+        return types.void(types.int64, types.int64, types.int64, types.int64, types.int64), \
+            codegen
+
+    @cfunc(types.void(types.voidptr))
+    def team_member(data):
+        """One thread of the team: schedule chunks [size*t/T, size*(t+1)/T), each called with
+        its arrays advanced by chunk * step and an outer count of 1 (as omppool.cpp)."""
+        c = carray(data, (7,), np.int64)
+        fn, args_at, dims_at, steps_at, user_data, arg_len, array_count = \
+            c[0], c[1], c[2], c[3], c[4], c[5] + 1, c[6]
+        dims = carray(pointer(dims_at), (arg_len,), np.int64)
+        steps = carray(pointer(steps_at), (array_count,), np.int64)
+        args = carray(pointer(args_at), (array_count,), np.int64)
+        t, T, size = thread_num(), num_threads(), dims[0]
+        count = np.empty(arg_len, np.int64)
+        moved = np.empty(array_count, np.int64)
+        for r in range(size * t // T, size * (t + 1) // T):
+            count[:] = dims
+            count[0] = 1
+            for j in range(array_count):
+                moved[j] = args[j] + steps[j] * r if args[j] != 0 else 0
+            call_gufunc(fn, moved.ctypes.data, count.ctypes.data, steps_at, user_data)
+
+    member = team_member.address
+
+    @cfunc(types.void(types.voidptr, types.voidptr, types.voidptr, types.voidptr, types.voidptr,
+                      types.uintp, types.uintp, types.int32))
+    def parallel_for(fn, args, dims, steps, data, inner_ndim, array_count, threads):
+        c = np.empty(7, np.int64)
+        c[0], c[1], c[2], c[3], c[4] = (address(fn), address(args), address(dims),
+                                        address(steps), address(data))
+        c[5], c[6] = inner_ndim, array_count
+        gomp_parallel(pointer(member), pointer(c.ctypes.data), threads, 0)
+
+    @cfunc(types.int32())
+    def get_thread_id():
+        return thread_num()
+
+    _keep.append(team_member)
+    return parallel_for, get_thread_id
