@@ -9,7 +9,9 @@ own pool; on a 2-core machine the two steal each other's cores (measured here: S
 training step 107 ms with 'omp', 72 ms with 'workqueue', torch's own ops unaffected). So convkit
 selects the 'workqueue' layer unless NUMBA_THREADING_LAYER says otherwise. workqueue does not
 allow two parallel regions at once, so parallel launches are serialised with a lock (a second
-Python thread waits instead of aborting the process).
+Python thread waits instead of aborting the process). Where torch runs on OpenMP, convkit then
+points Numba's parallel loops at torch's own OpenMP pool (``_openmp``): workqueue keeps only the
+bookkeeping (thread counts, scheduling).
 
 Branch-free kernels: LLVM's x86 backend turns selects into branches when it guesses them
 predictable (CodeGenPrepare's select-to-branch and the x86 cmov converter). For an arg-max over

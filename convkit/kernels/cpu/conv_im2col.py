@@ -16,11 +16,15 @@ Wg = w[g*Kg:(g+1)*Kg].reshape(Kg, R):
                                                              is stored (R, nb*P) and gy copied to
                                                              (K, nb*P), so the reduction is long
 
-The GEMMs are numpy matmul calls (BLAS, single-threaded, see ``blas``); unfolding, folding and
-the layout copy are the serial, GIL-free Numba kernels below. Parallelism comes from the workers:
-each takes every T-th block of images and runs unfold -> GEMM (-> fold) on it while the block
-is hot in its core's cache. col2im walks one (n, c) input plane at a time, adding every tap that
-lands in it in a fixed order: no atomics, deterministic.
+Each of T workers takes the next block of images (an atomic counter) and runs unfold -> GEMM
+(-> fold) on it while the block is hot in its core's cache. The workers are Numba functions that
+call numpy's OpenBLAS ``cblas_?gemm`` themselves (single-threaded; see ``_native``), started as
+one parallel loop over the workers, so they run on the same pool as every other convkit loop
+(torch's OpenMP pool, see ``_openmp``). Where numpy's BLAS has no such cblas, the same pipeline
+runs with numpy.matmul on convkit's own threads (``_forward_numpy`` and friends). col2im walks one
+(n, c) input plane at a time, adding every tap that lands in it in a fixed order, and the weight
+gradient keeps one partial per block, summed in block order: deterministic whichever worker
+takes which block.
 """
 import numpy as np
 from numba import carray, njit, prange
