@@ -29,7 +29,7 @@ takes which block.
 import numpy as np
 from numba import carray, njit, prange
 
-from convkit.kernels.cpu import blas
+from convkit.kernels.cpu import _workspace, blas
 from convkit.kernels.cpu._jit import _PARALLEL_LOCK
 from convkit.kernels.cpu._native import cblas_gemm, fetch_add, voidptr
 
@@ -420,7 +420,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     nb = _block(N, C * KH * KW, P, x.itemsize)
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
-    scratch = np.empty(T * nb * C * KH * KW * P, dtype=x.dtype)
+    scratch = _workspace.scratch("im2col", T * nb * C * KH * KW * P, x.dtype)
     wc = np.ascontiguousarray(w)
     args = _args(x.shape, w.shape, (stride, padding, dilation, groups), out_hw, nb, x.dtype,
                  x=x.ctypes.data, wt=wc.ctypes.data, b=0 if b is None else b.ctypes.data,
@@ -441,7 +441,7 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     nb = _block(N, C * KH * KW, P, gy.itemsize)
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
-    scratch = np.empty(T * nb * C * KH * KW * P, dtype=gy.dtype)
+    scratch = _workspace.scratch("im2col", T * nb * C * KH * KW * P, gy.dtype)
     wc = np.ascontiguousarray(w)
     args = _args(input_shape, w.shape, (stride, padding, dilation, groups), (OH, OW), nb,
                  gy.dtype, x=gx.ctypes.data, wt=wc.ctypes.data, y=gy.ctypes.data,
@@ -462,8 +462,8 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     nb = max(nb, -(-N * K * R * x.itemsize // PARTIALS_BYTES))  # bound the partials
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * R * P))
-    scratch = np.empty(T * nb * (C * KH * KW + K) * P, dtype=x.dtype)
-    partials = np.empty((nblocks, K, R), dtype=x.dtype)
+    scratch = _workspace.scratch("im2col", T * nb * (C * KH * KW + K) * P, x.dtype)
+    partials = _workspace.scratch("partials", nblocks * K * R, x.dtype).reshape(nblocks, K, R)
     args = _args(x.shape, weight_shape, (stride, padding, dilation, groups), (OH, OW), nb,
                  x.dtype, x=x.ctypes.data, y=gy.ctypes.data, scratch=scratch.ctypes.data,
                  partials=partials.ctypes.data)
