@@ -133,6 +133,19 @@ def test_conv2d_matches_torch(case, algorithm, dtype):
         torch.testing.assert_close(o, r.to(dtype), **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_conv2d_im2col_native_path_covers_both_dtypes():
+    # where numpy's OpenBLAS exposes cblas, float32 and float64 both take the Numba-worker path
+    # (the other parity tests then exercise it; the fallback is tested below)
+    import numpy as np
+
+    from convkit.kernels.cpu import blas, conv_im2col
+
+    if not blas.GEMM_ADDRESS:
+        pytest.skip("numpy's BLAS has no ILP64 OpenBLAS cblas here")
+    for dtype in (np.float32, np.float64):
+        assert conv_im2col._native_ok(dtype, 1, 1, 1, 1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES[::6], ids=[_case_id(c) for c in CASES[::6]])
 def test_conv2d_im2col_numpy_gemm_fallback(monkeypatch, case, dtype):

@@ -51,8 +51,9 @@ _get_threads, _set_threads = _find_openblas_threads()
 
 
 def _find_cblas_gemm():
-    """{dtype char: address} of numpy's ILP64 OpenBLAS cblas_sgemm / cblas_dgemm, called from
-    Numba kernels (see ``_native.cblas_gemm``); empty when numpy's BLAS is not such a build."""
+    """{numpy dtype char ("f", "d"): address} of numpy's ILP64 OpenBLAS cblas_sgemm / cblas_dgemm,
+    called from Numba kernels (see ``_native.cblas_gemm``); empty when numpy's BLAS is not such a
+    build."""
     found = {}
     try:
         with open("/proc/self/maps") as maps:
@@ -65,8 +66,8 @@ def _find_cblas_gemm():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for char in "sd":
-            for name in (f"scipy_cblas_{char}gemm64_", f"cblas_{char}gemm64_"):
+        for char, blas_char in (("f", "s"), ("d", "d")):
+            for name in (f"scipy_cblas_{blas_char}gemm64_", f"cblas_{blas_char}gemm64_"):
                 fn = getattr(lib, name, None)
                 if fn is not None and char not in found:
                     found[char] = ctypes.cast(fn, ctypes.c_void_p).value
