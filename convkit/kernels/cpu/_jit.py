@@ -61,7 +61,8 @@ class Twin:
                                     fn.__defaults__, fn.__closure__)
         serial.__qualname__ = fn.__qualname__ + "_serial"
         self.parallel = njit(parallel=True, cache=True, **options)(fn)
-        # nogil: convkit's GEMM workers run serial kernels from several Python threads at once
+        # nogil: the numpy.matmul fallback of im2col runs serial kernels from several Python
+        # threads at once
         self.serial = njit(cache=True, nogil=True, **options)(serial)
         self.__doc__ = fn.__doc__
         self._branchless = branchless

@@ -21,21 +21,31 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
-def _find_openblas_threads():
-    """(get, set) for the thread count of the OpenBLAS loaded by numpy, or (None, None)."""
+def _openblas_libraries():
+    """The OpenBLAS shared libraries loaded in this process (numpy's), opened with ctypes."""
     import numpy  # noqa: F401  (make sure numpy's BLAS is loaded before looking for it)
 
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps
-                     if "openblas" in line.lower() and ".so" in line}
+            paths = sorted({line.split()[-1] for line in maps
+                            if "openblas" in line.lower() and ".so" in line})
     except OSError:
-        return None, None
-    for path in sorted(paths):
+        return []
+    libs = []
+    for path in paths:
         try:
-            lib = ctypes.CDLL(path)
+            libs.append(ctypes.CDLL(path))
         except OSError:
             continue
+    return libs
+
+
+_OPENBLAS = _openblas_libraries()
+
+
+def _find_openblas_threads():
+    """(get, set) for the thread count of the OpenBLAS loaded by numpy, or (None, None)."""
+    for lib in _OPENBLAS:
         for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
                                ("openblas", "64_"), ("openblas", "")):
             get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
@@ -55,17 +65,7 @@ def _find_cblas_gemm():
     called from Numba kernels (see ``_native.cblas_gemm``); empty when numpy's BLAS is not such a
     build."""
     found = {}
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps
-                            if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return found
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    for lib in _OPENBLAS:
         for char, blas_char in (("f", "s"), ("d", "d")):
             for name in (f"scipy_cblas_{blas_char}gemm64_", f"cblas_{blas_char}gemm64_"):
                 fn = getattr(lib, name, None)

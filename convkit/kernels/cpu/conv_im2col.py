@@ -270,18 +270,33 @@ def _conv_params(a):
     return (a[_KH], a[_KW], a[_SH], a[_SW], a[_PH], a[_PW], a[_DH], a[_DW], a[_OH], a[_OW])
 
 
+@njit(inline="always")
+def _sizes(a):
+    """(N, K, G, nb, P, Kg, R, CKK) of an argument block: R = Cg*KH*KW, CKK = C*KH*KW."""
+    K, G, KHW = a[_K], a[_G], a[_KH] * a[_KW]
+    return a[_N], K, G, a[_NB], a[_OH] * a[_OW], K // G, a[_CG] * KHW, a[_C] * KHW
+
+
+@njit(inline="always")
+def _operands(a, one):
+    """Forward and backward-input share their operands' shapes: the (N, C, H, W) image-side
+    array at _X (x or gx), the (K, R) filter at _WT, the (N, K, P) output-side array at _Y (y or
+    gy), and this thread's (nb, CKK, P) slot of the scratch."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    image = carray(voidptr(a[_X]), (N, a[_C], a[_H], a[_W]), one.dtype)
+    slot = fetch_add(a, _NEXT_SLOT)
+    cols = carray(voidptr(a[_SCRATCH] + slot * nb * CKK * P * image.itemsize), (nb, CKK, P),
+                  one.dtype)
+    return (image, carray(voidptr(a[_WT]), (K, R), one.dtype),
+            carray(voidptr(a[_Y]), (N, K, P), one.dtype), cols)
+
+
 @njit(nogil=True, cache=True)
 def _forward_worker(a, one):
     """Take image blocks until none is left: unfold, one GEMM per image and group into y, bias."""
-    N, C, H, W, K, G, nb = a[_N], a[_C], a[_H], a[_W], a[_K], a[_G], a[_NB]
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
     KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
-    P, Kg, R, CKK = OH * OW, K // G, a[_CG] * KH * KW, C * KH * KW
-    x = carray(voidptr(a[_X]), (N, C, H, W), one.dtype)
-    wm = carray(voidptr(a[_WT]), (K, R), one.dtype)
-    y = carray(voidptr(a[_Y]), (N, K, P), one.dtype)
-    slot = fetch_add(a, _NEXT_SLOT)
-    cols = carray(voidptr(a[_SCRATCH] + slot * nb * CKK * P * x.itemsize), (nb, CKK, P),
-                  one.dtype)
+    x, wm, y, cols = _operands(a, one)
     zero = one[0] - one[0]
     while True:
         n0 = fetch_add(a, _NEXT_BLOCK) * nb
@@ -301,15 +316,9 @@ def _forward_worker(a, one):
 @njit(nogil=True, cache=True)
 def _backward_input_worker(a, one):
     """Take image blocks: dcols = W^T gy per image and group, then col2im into gx."""
-    N, C, H, W, K, G, nb = a[_N], a[_C], a[_H], a[_W], a[_K], a[_G], a[_NB]
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
     KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
-    P, Kg, R, CKK = OH * OW, K // G, a[_CG] * KH * KW, C * KH * KW
-    gx = carray(voidptr(a[_X]), (N, C, H, W), one.dtype)
-    wm = carray(voidptr(a[_WT]), (K, R), one.dtype)
-    gy = carray(voidptr(a[_Y]), (N, K, P), one.dtype)
-    slot = fetch_add(a, _NEXT_SLOT)
-    dcols = carray(voidptr(a[_SCRATCH] + slot * nb * CKK * P * gx.itemsize), (nb, CKK, P),
-                   one.dtype)
+    gx, wm, gy, dcols = _operands(a, one)
     zero = one[0] - one[0]
     while True:
         n0 = fetch_add(a, _NEXT_BLOCK) * nb
@@ -328,10 +337,9 @@ def _backward_input_worker(a, one):
 def _backward_weight_worker(a, one):
     """Take image blocks: partials[block] = gy_block @ cols_block^T per group, one long GEMM over
     the block's nb*P output positions (cols stored (CKK, nb*P), gy copied to (K, nb*P))."""
-    N, C, H, W, K, G, nb = a[_N], a[_C], a[_H], a[_W], a[_K], a[_G], a[_NB]
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
     KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
-    P, Kg, R, CKK = OH * OW, K // G, a[_CG] * KH * KW, C * KH * KW
-    x = carray(voidptr(a[_X]), (N, C, H, W), one.dtype)
+    x = carray(voidptr(a[_X]), (N, a[_C], a[_H], a[_W]), one.dtype)
     gy = carray(voidptr(a[_Y]), (N, K, P), one.dtype)
     nblocks = (N + nb - 1) // nb
     partials = carray(voidptr(a[_PARTIALS]), (nblocks, K, R), one.dtype)
