@@ -8,14 +8,17 @@ second derivative of max-pool.
 """
 from __future__ import annotations
 
+import math
+import threading
 from typing import Callable
 
 import numba
+import numpy as np
 import torch
 from torch.autograd import Function
 
 from convkit.kernels import cpu as _cpu_kernels
-from convkit.kernels.cpu import _openmp
+from convkit.kernels.cpu import _openmp, _workspace
 
 
 class KernelEngine:
@@ -44,6 +47,7 @@ class KernelEngine:
             return self.to_tensor(out)
 
         call.__name__ = name
+        self.__dict__[name] = call  # later lookups skip __getattr__
         return call
 
 
@@ -52,15 +56,43 @@ def _cpu_array(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
+_threads = threading.local()
+
+
 def _cpu_launch_kwargs() -> dict:
-    """Keep Numba's thread count at torch's (torch.set_num_threads), capped by Numba's pool."""
-    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
+    """Keep Numba's thread count at torch's (torch.set_num_threads), capped by Numba's pool.
+
+    Both counts are per Python thread; Numba's is set again only when torch's changed (asking
+    Numba costs ~10 us a call)."""
+    torch_threads = torch.get_num_threads()
+    if getattr(_threads, "torch", None) != torch_threads:
+        want = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+        if numba.get_num_threads() != want:
+            numba.set_num_threads(want)
+        _threads.torch = torch_threads
     return {}
 
 
 CPU_ENGINE = KernelEngine(_cpu_kernels, _cpu_array, torch.from_numpy, _cpu_launch_kwargs)
+
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                 np.dtype(np.float16): torch.float16, np.dtype(np.int64): torch.int64}
+
+
+# results smaller than this come from numpy (cheaper to create: ~1 us against ~4 us)
+TORCH_ALLOC_MIN_BYTES = 1 << 18
+
+
+def _torch_empty(shape, dtype: np.dtype) -> np.ndarray:
+    """Large kernel results live in torch's CPU memory (see
+    ``_workspace.set_output_allocator``)."""
+    tdtype = _TORCH_DTYPES.get(dtype)
+    if tdtype is None or math.prod(shape) * dtype.itemsize < TORCH_ALLOC_MIN_BYTES:
+        return np.empty(shape, dtype=dtype)
+    return torch.empty(shape, dtype=tdtype).numpy()
+
+
+_workspace.set_output_allocator(_torch_empty)
 
 # convkit's parallel CPU loops run on torch's own OpenMP pool when torch uses one (see
 # kernels.cpu._openmp: a second pool would fight torch's spin-waiting workers for the cores)
@@ -85,6 +117,25 @@ def engine_for(device: torch.device) -> KernelEngine:
                        "expected a 'cpu' or 'cuda' device")
 
 
+class _PlainContext:
+    """Stands in for autograd's ctx when a Function's forward runs as a plain call."""
+
+    def save_for_backward(self, *tensors) -> None:
+        pass
+
+    def mark_non_differentiable(self, *tensors) -> None:
+        pass
+
+
+def _apply(function, *args):
+    """``function.apply(*args)`` inside a backward pass: recorded for double backward when grad
+    mode is on (``create_graph=True``), a plain call of its forward otherwise (Function.apply
+    costs ~10-20 us of Python per call, and a training step makes a dozen of these)."""
+    if torch.is_grad_enabled():
+        return function.apply(*args)
+    return function.forward(_PlainContext(), *args)
+
+
 class Conv2dFunction(Function):
     """y = conv2d(x, w, b) with explicit (h, w) stride/padding/dilation pairs."""
 
@@ -106,11 +157,11 @@ def _conv2d_grads(ctx, gy, x, w):
     """The gradients a conv Function's backward returns, for the inputs that need them."""
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:
-        gx = Conv2dBackwardInput.apply(gy, w, x.shape, *ctx.conf)
+        gx = _apply(Conv2dBackwardInput, gy, w, x.shape, *ctx.conf)
     if ctx.needs_input_grad[1]:
-        gw = Conv2dBackwardWeight.apply(x, gy, w.shape, *ctx.conf)
+        gw = _apply(Conv2dBackwardWeight, x, gy, w.shape, *ctx.conf)
     if ctx.has_bias and ctx.needs_input_grad[2]:
-        gb = Conv2dBackwardBias.apply(gy)
+        gb = _apply(Conv2dBackwardBias, gy)
     return gx, gw, gb, None, None, None, None, None
 
 
@@ -131,7 +182,7 @@ class Conv2dReLUFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         x, w, y = ctx.saved_tensors
-        return _conv2d_grads(ctx, ReLUBackward.apply(gy, y), x, w)
+        return _conv2d_grads(ctx, _apply(ReLUBackward, gy, y), x, w)
 
 
 class Conv2dBackwardInput(Function):
@@ -149,9 +200,9 @@ class Conv2dBackwardInput(Function):
         gy, w = ctx.saved_tensors
         d_gy = d_w = None
         if ctx.needs_input_grad[0]:
-            d_gy = Conv2dFunction.apply(ggx, w, None, *ctx.conf)
+            d_gy = _apply(Conv2dFunction, ggx, w, None, *ctx.conf)
         if ctx.needs_input_grad[1]:
-            d_w = Conv2dBackwardWeight.apply(ggx, gy, w.shape, *ctx.conf)
+            d_w = _apply(Conv2dBackwardWeight, ggx, gy, w.shape, *ctx.conf)
         return d_gy, d_w, None, None, None, None, None, None
 
 
@@ -170,9 +221,9 @@ class Conv2dBackwardWeight(Function):
         x, gy = ctx.saved_tensors
         d_x = d_gy = None
         if ctx.needs_input_grad[0]:
-            d_x = Conv2dBackwardInput.apply(gy, ggw, x.shape, *ctx.conf)
+            d_x = _apply(Conv2dBackwardInput, gy, ggw, x.shape, *ctx.conf)
         if ctx.needs_input_grad[1]:
-            d_gy = Conv2dFunction.apply(x, ggw, None, *ctx.conf)
+            d_gy = _apply(Conv2dFunction, x, ggw, None, *ctx.conf)
         return d_x, d_gy, None, None, None, None, None, None
 
 
@@ -207,7 +258,7 @@ class ReLUFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         (y,) = ctx.saved_tensors
-        return ReLUBackward.apply(gy, y), None
+        return _apply(ReLUBackward, gy, y), None
 
 
 class ReLUBackward(Function):
@@ -221,7 +272,7 @@ class ReLUBackward(Function):
     @staticmethod
     def backward(ctx, ggx):
         (y,) = ctx.saved_tensors
-        return ReLUBackward.apply(ggx, y), None
+        return _apply(ReLUBackward, ggx, y), None
 
 
 class MaxPool2dFunction(Function):
@@ -239,7 +290,7 @@ class MaxPool2dFunction(Function):
     @staticmethod
     def backward(ctx, gy, _gindices):
         (indices,) = ctx.saved_tensors
-        return MaxPool2dBackward.apply(gy, indices, ctx.input_shape), None, None, None, None, None
+        return _apply(MaxPool2dBackward, gy, indices, ctx.input_shape), None, None, None, None, None
 
 
 class MaxPool2dBackward(Function):

@@ -49,10 +49,6 @@ def _set_llvm_options(which: int) -> None:
         llvm.set_option("convkit", f"{entry[0]}={entry[which]}")
 
 
-def _signature(args) -> tuple:
-    return tuple((a.dtype, a.ndim) if hasattr(a, "dtype") else type(a) for a in args)
-
-
 class Twin:
     """``twin(work, *args)`` runs the parallel kernel when ``work >= PARALLEL_MIN_WORK``."""
 
@@ -66,7 +62,7 @@ class Twin:
         self.serial = njit(cache=True, nogil=True, **options)(serial)
         self.__doc__ = fn.__doc__
         self._branchless = branchless
-        self._compiled = set()
+        self._ready = False  # branch-free: compiled once, and Numba's own compiling disabled
 
     def _compile(self, args) -> None:
         """Compile (or load from cache) both twins for these argument types, branch-free."""
@@ -74,18 +70,34 @@ class Twin:
             _set_llvm_options(1)
             try:
                 for dispatcher in (self.parallel, self.serial):
-                    dispatcher.compile(tuple(numba.typeof(a) for a in args))
+                    dispatcher.disable_compile(False)
+                    try:
+                        dispatcher.compile(tuple(numba.typeof(a) for a in args))
+                    finally:
+                        dispatcher.disable_compile(len(dispatcher.signatures) > 0)
             finally:
                 _set_llvm_options(2)
-            self._compiled.add(_signature(args))
+            self._ready = True
 
-    def __call__(self, work, *args):
-        if self._branchless and _signature(args) not in self._compiled:
-            self._compile(args)
+    def _launch(self, work, args):
         if work < PARALLEL_MIN_WORK:
             return self.serial(*args)
         with _PARALLEL_LOCK:
             return self.parallel(*args)
+
+    def __call__(self, work, *args):
+        if not self._branchless:
+            return self._launch(work, args)
+        if not self._ready:
+            self._compile(args)
+        try:
+            return self._launch(work, args)
+        except TypeError:
+            # compilation is disabled on branch-free twins, so Numba refuses argument types not
+            # compiled yet (rather than compiling them with the default options): compile them
+            # branch-free and call again
+            self._compile(args)
+            return self._launch(work, args)
 
 
 def twin(fn=None, **options):

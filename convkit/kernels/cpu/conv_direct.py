@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from convkit.kernels.cpu._jit import twin
+from convkit.kernels.cpu._workspace import empty
 
 
 @njit(inline="always")
@@ -251,7 +252,7 @@ def _backward_bias(gy, gb):
 
 def conv2d_backward_bias(grad_output: np.ndarray) -> np.ndarray:
     """grad_bias[k] = sum over n, oh, ow of grad_output[n, k, oh, ow]."""
-    gb = np.empty(grad_output.shape[1], dtype=grad_output.dtype)
+    gb = empty(grad_output.shape[1:2], grad_output.dtype)
     _backward_bias(grad_output.size, grad_output, gb)
     return gb
 
@@ -264,7 +265,7 @@ def _kinner_filter(w, groups):
 
 def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     N, K = x.shape[0], w.shape[0]
-    y = np.empty((N, K) + tuple(out_hw), dtype=x.dtype)
+    y = empty((N, K) + tuple(out_hw), x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
     work = y.size * w[0].size
     if stride == (1, 1) and w.shape[1] <= SHIFTED_MAX_CHANNELS:
@@ -285,11 +286,11 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
         # and its in/out channels swapped within each group: wf: (C, Kg, KH, KW)
         wf = w[:, :, ::-1, ::-1].reshape(groups, K // groups, Cg, KH, KW).transpose(0, 2, 1, 3, 4)
         wf = wf.reshape(groups * Cg, K // groups, KH, KW)
-        gx = np.empty(tuple(input_shape), dtype=gy.dtype)
+        gx = empty(tuple(input_shape), gy.dtype)
         _forward_kinner(gx.size * wf[0].size, gy, _kinner_filter(wf, groups),
                         np.zeros(1, dtype=gy.dtype), False, 1, 1, *pads, *dilation, gx)
         return gx
-    gx = np.empty(tuple(input_shape), dtype=gy.dtype)
+    gx = empty(tuple(input_shape), gy.dtype)
     _backward_input(gy.size * w[0].size, gy, w, *stride, *padding, *dilation, groups, gx)
     return gx
 
@@ -304,6 +305,6 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
         gwt = np.empty((groups, Cg, KH, KW, K // groups), dtype=x.dtype)
         _backward_weight_kinner(work, x, gyt, *stride, *padding, *dilation, gwt)
         return np.ascontiguousarray(gwt.transpose(0, 4, 1, 2, 3).reshape(weight_shape))
-    gw = np.empty(tuple(weight_shape), dtype=x.dtype)
+    gw = empty(tuple(weight_shape), x.dtype)
     _backward_weight(work, x, gy, *stride, *padding, *dilation, groups, x.dtype.type(0), gw)
     return gw

@@ -32,6 +32,7 @@ from numba import carray, njit, prange
 from convkit.kernels.cpu import _workspace, blas
 from convkit.kernels.cpu._jit import _PARALLEL_LOCK
 from convkit.kernels.cpu._native import cblas_gemm, fetch_add, voidptr
+from convkit.kernels.cpu._workspace import empty
 
 # Unfolded images per block: each GEMM worker unfolds a block this size (at least one image) and
 # multiplies it at once, while it is still in that core's L2 cache. The unfolded memory in use is
@@ -182,7 +183,7 @@ def _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw):
     K, Cg, KH, KW = w.shape
     OH, OW = out_hw
     P, G, Kg, R = OH * OW, groups, K // groups, Cg * KH * KW
-    y = np.empty((N, K, P), dtype=x.dtype)
+    y = empty((N, K, P), x.dtype)
     wmat = w.reshape(K, R)
     nb = _block(N, C * KH * KW, P, x.itemsize)
 
@@ -206,7 +207,7 @@ def _backward_input_numpy(gy, w, input_shape, stride, padding, dilation, groups)
     C = input_shape[1]
     _, Cg, KH, KW = w.shape
     P, G, Kg, R = OH * OW, groups, K // groups, Cg * KH * KW
-    gx = np.empty(tuple(input_shape), dtype=gy.dtype)
+    gx = empty(tuple(input_shape), gy.dtype)
     wmat = w.reshape(K, R)
     gy3 = gy.reshape(N, K, P)
     nb = _block(N, C * KH * KW, P, gy.itemsize)
@@ -424,7 +425,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     if not _native_ok(x.dtype, N, C, K, P):
         return _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw)
     x, b = np.ascontiguousarray(x), None if b is None else np.ascontiguousarray(b)
-    y = np.empty((N, K) + tuple(out_hw), dtype=x.dtype)
+    y = empty((N, K) + tuple(out_hw), x.dtype)
     nb = _block(N, C * KH * KW, P, x.itemsize)
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
@@ -445,7 +446,7 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     if not _native_ok(gy.dtype, N, C, K, P):
         return _backward_input_numpy(gy, w, input_shape, stride, padding, dilation, groups)
     gy = np.ascontiguousarray(gy)
-    gx = np.empty(tuple(input_shape), dtype=gy.dtype)
+    gx = empty(tuple(input_shape), gy.dtype)
     nb = _block(N, C * KH * KW, P, gy.itemsize)
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))

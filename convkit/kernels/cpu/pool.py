@@ -18,10 +18,23 @@ import numpy as np
 from numba import njit, prange
 
 from convkit.kernels.cpu._jit import twin
+from convkit.kernels.cpu._workspace import empty
 from convkit.kernels.shapes import pool_output_size
 
 _NAN_KEY = np.iinfo(np.int64).max
 _INT_DTYPE = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
+def _key_constants(dtype):
+    """(integer view dtype, sign bit, magnitude mask, bits of +inf, key of -inf) of a float dtype
+    (see ``_max_pool2d_forward``)."""
+    itype = _INT_DTYPE[dtype]
+    bits = 8 * dtype.itemsize
+    return (itype, bits - 1, (1 << (bits - 1)) - 1,
+            int(np.array(np.inf, dtype).view(itype)), np.array(-np.inf, dtype).view(itype)[()])
+
+
+_KEYS = {dtype: _key_constants(dtype) for dtype in _INT_DTYPE}
 
 
 @njit(inline="always")
@@ -121,22 +134,18 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride, padding, dilation, ce
     N, C, H, W = x.shape
     OH = pool_output_size(H, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     OW = pool_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
-    y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    indices = np.empty((N, C, OH, OW), dtype=np.int64)
-    itype = _INT_DTYPE[x.dtype]
-    bits = 8 * x.itemsize
-    inf_bits = int(np.array(np.inf, x.dtype).view(itype))
-    neg_inf = np.array(-np.inf, x.dtype).view(itype)[()]
+    y = empty((N, C, OH, OW), x.dtype)
+    indices = empty((N, C, OH, OW), np.int64)
+    itype, *keys = _KEYS[x.dtype]
     _max_pool2d_forward(y.size * kernel_size[0] * kernel_size[1],
                         x.reshape(N * C, H * W).view(itype), H, W, *kernel_size, *stride,
                         *padding, *dilation, y.reshape(N * C, OH, OW).view(itype),
-                        indices.reshape(N * C, OH, OW), bits - 1, (1 << (bits - 1)) - 1,
-                        inf_bits, neg_inf)
+                        indices.reshape(N * C, OH, OW), *keys)
     return y, indices
 
 
 def max_pool2d_backward(grad_output: np.ndarray, indices: np.ndarray, input_shape) -> np.ndarray:
     """grad_input: each output gradient added at the input position its index names."""
-    gx = np.empty(tuple(input_shape), dtype=grad_output.dtype)
+    gx = empty(tuple(input_shape), grad_output.dtype)
     _max_pool2d_backward(gx.size, grad_output, indices, gx)
     return gx
