@@ -8,7 +8,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {"Conv2d": "convkit.nn", "ReLU": "convkit.nn", "MaxPool2d": "convkit.nn",
-         "convert": "convkit.nn"}
+         "convert": "convkit.nn", "empty_cache": "convkit.kernels.cpu._workspace"}
 _SUBMODULES = {"functional", "nn", "autograd", "kernels", "models", "data", "utils", "train"}
 
 
@@ -20,4 +20,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'convkit' has no attribute {name!r}")
 
 
-__all__ = ["Conv2d", "MaxPool2d", "ReLU", "convert", "functional", "nn", "__version__"]
+__all__ = ["Conv2d", "MaxPool2d", "ReLU", "convert", "empty_cache", "functional", "nn",
+           "__version__"]

@@ -8,17 +8,15 @@ second derivative of max-pool.
 """
 from __future__ import annotations
 
-import math
 import threading
 from typing import Callable
 
 import numba
-import numpy as np
 import torch
 from torch.autograd import Function
 
 from convkit.kernels import cpu as _cpu_kernels
-from convkit.kernels.cpu import _openmp, _workspace
+from convkit.kernels.cpu import _openmp
 
 
 class KernelEngine:
@@ -74,25 +72,6 @@ def _cpu_launch_kwargs() -> dict:
 
 
 CPU_ENGINE = KernelEngine(_cpu_kernels, _cpu_array, torch.from_numpy, _cpu_launch_kwargs)
-
-_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
-                 np.dtype(np.float16): torch.float16, np.dtype(np.int64): torch.int64}
-
-
-# results smaller than this come from numpy (cheaper to create: ~1 us against ~4 us)
-TORCH_ALLOC_MIN_BYTES = 1 << 18
-
-
-def _torch_empty(shape, dtype: np.dtype) -> np.ndarray:
-    """Large kernel results live in torch's CPU memory (see
-    ``_workspace.set_output_allocator``)."""
-    tdtype = _TORCH_DTYPES.get(dtype)
-    if tdtype is None or math.prod(shape) * dtype.itemsize < TORCH_ALLOC_MIN_BYTES:
-        return np.empty(shape, dtype=dtype)
-    return torch.empty(shape, dtype=tdtype).numpy()
-
-
-_workspace.set_output_allocator(_torch_empty)
 
 # convkit's parallel CPU loops run on torch's own OpenMP pool when torch uses one (see
 # kernels.cpu._openmp: a second pool would fight torch's spin-waiting workers for the cores)

@@ -61,7 +61,11 @@ def _taps(KH, KW, sh, sw, ph, pw, dil_h, dil_w, H, W, OH, OW):
 
 
 @njit(cache=True, nogil=True)
-def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
+def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols, row_step, col_step):
+    """Unfold images n0 .. n0+nb-1 of x into the C-contiguous 2-D ``cols``: row c*KH*KW + t of
+    image i goes to ``cols[i*row_step + c*KH*KW + t, i*col_step : i*col_step + OH*OW]``, so
+    (row_step, col_step) = (C*KH*KW, 0) stacks the images' (CKK, P) matrices and (0, P) puts
+    them side by side in one (CKK, nb*P) matrix."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     P, T = OH * OW, KH * KW
     taps = _taps(KH, KW, sh, sw, ph, pw, dil_h, dil_w, H, W, OH, OW)
@@ -72,7 +76,7 @@ def _im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
         i, c = ic // C, ic % C
         flat = x[n0 + i, c].reshape(H * W)
         for t in range(T):
-            dst = cols[i, c * T + t]
+            dst = cols[i * row_step + c * T + t, i * col_step:i * col_step + P]
             dr, oh0, oh1, off, lo, hi = taps[t]
             for k in range(oh0 * OW):
                 dst[k] = 0
@@ -191,7 +195,8 @@ def _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw):
         buf = np.empty((nb, C * KH * KW, P), dtype=x.dtype)
         for n0, n1 in blocks:
             cols = buf[:n1 - n0]
-            _im2col(x, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
+            _im2col(x, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW,
+                    cols.reshape(-1, P), C * KH * KW, 0)
             for g in range(G):
                 np.matmul(wmat[g * Kg:(g + 1) * Kg], cols[:, g * R:(g + 1) * R],
                           out=y[n0:n1, g * Kg:(g + 1) * Kg])
@@ -247,8 +252,7 @@ def _backward_weight_numpy(x, gy, weight_shape, stride, padding, dilation, group
         for n0, n1 in shared:
             c_ = cbuf[:(n1 - n0) * C * KH * KW * P].reshape(C * KH * KW, (n1 - n0) * P)
             g_ = gbuf[:(n1 - n0) * K * P].reshape(K, (n1 - n0) * P)
-            cols = c_.reshape(C * KH * KW, n1 - n0, P).transpose(1, 0, 2)
-            _im2col(x, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW, cols)
+            _im2col(x, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW, c_, 0, P)
             _nchw_to_kp(gy3, n0, n1 - n0, g_)
             gw = partials[n0 // nb]
             for g in range(G):
@@ -304,7 +308,8 @@ def _forward_worker(a, one):
         if n0 >= N:
             return
         m = min(nb, N - n0)
-        _im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols)
+        _im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols.reshape(nb * CKK, P),
+                CKK, 0)
         for i in range(m):
             for g in range(G):
                 cblas_gemm(a[_GEMM], _NO_TRANS, _NO_TRANS, Kg, P, R, one[0],
@@ -356,8 +361,7 @@ def _backward_weight_worker(a, one):
         m = min(nb, N - n0)
         c2 = buf[:CKK * m * P].reshape(CKK, m * P)
         g2 = buf[nb * CKK * P:nb * CKK * P + K * m * P].reshape(K, m * P)
-        _im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW,
-                c2.reshape(CKK, m, P).transpose(1, 0, 2))
+        _im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, c2, 0, P)
         _nchw_to_kp(gy, n0, m, g2)
         for g in range(G):
             cblas_gemm(a[_GEMM], _NO_TRANS, _TRANS, Kg, R, m * P, one[0],
