@@ -1,1 +1,1 @@
-python -m convkit.bench --report benchmarks/results --readme README.md
+python -m convkit.bench --interleave --report benchmarks/results --readme README.md
