@@ -71,3 +71,26 @@ def test_max_pool2d_unbatched_and_module():
 def test_max_pool2d_empty_batch():
     x = torch.randn(0, 3, 6, 6)
     assert CF.max_pool2d(x, 2).shape == F.max_pool2d(x, 2).shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(3, 7, 28, 28), (2, 5, 9, 14), (1, 1, 2, 2), (4, 3, 6, 4)])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_max_pool2d_2x2_stride2_special_values_bitwise(shape, ceil, dtype):
+    """The pairwise 2x2 / stride-2 kernel: ties, NaN (last one wins), +-inf and -0.0 vs 0.0
+    (first wins, its sign kept), bit for bit as torch; planes not a multiple of a work item."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randint(-2, 3, shape, generator=gen).to(dtype)
+    specials = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0, 0.0], dtype=dtype)
+    pick = torch.randint(0, 8, shape, generator=gen)
+    x = torch.where(pick < 5, specials[pick.clamp(max=4)], x)
+    xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, i = CF.max_pool2d(xo, 2, ceil_mode=ceil, return_indices=True)
+    yr, ir = F.max_pool2d(xr, 2, ceil_mode=ceil, return_indices=True)
+    assert torch.equal(i, ir)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(y.view(bits), yr.view(bits))
+    gy = torch.randn(yr.shape, generator=gen, dtype=dtype)
+    y.backward(gy)
+    yr.backward(gy)
+    assert torch.equal(xo.grad, xr.grad)

