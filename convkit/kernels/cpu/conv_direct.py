@@ -20,8 +20,11 @@ unfolded buffer:
   vectorised run over a grid as wide as the padded input; the columns beyond OW are dropped.
 
 The output-column range whose taps land inside the input is computed once per (s), so no inner
-loop has a bounds test. Backward-input with stride 1 is the forward kernel applied to grad_output
-with the flipped, transposed filter (a transposed convolution, as Chainer writes it). Each
+loop has a bounds test. Backward-input with stride 1 is a forward kernel (channel-inner, or the
+shifted plane for few channels per group) applied to grad_output with the flipped, transposed
+filter (a transposed convolution, as Chainer writes it). The plane weight gradient keeps a row of
+partial sums per tap and meets each grad_output row once with all taps (depthwise 3x3 on 32x64x56^2:
+31 -> 6.4 ms, measured here). Each
 parallel task owns whole output rows or planes, so no two threads write the same element and the
 results are deterministic.
 """
@@ -210,30 +213,50 @@ def _backward_input(gy, w, sh, sw, ph, pw, dil_h, dil_w, G, gx):
                             gxrow[ow * sw + off] += wv * gyrow[ow]
 
 
-# reassoc lets the dot-product reduction vectorise; NaN/inf semantics are kept (no nnan/ninf).
-@twin(fastmath={"reassoc", "contract"})
+@twin(fastmath={"contract"})
 def _backward_weight(x, gy, sh, sw, ph, pw, dil_h, dil_w, G, zero, gw):
+    """One task per (k, c): each tap keeps a row of OW partial sums, and every gy row is met
+    once, with all KH*KW taps (element-wise multiply-adds that vectorise; the rows are summed
+    at the end, in a fixed order). Stride-1 taps are contiguous slices."""
     N, C, H, W = x.shape
     K, Cg, KH, KW = gw.shape
     OH, OW = gy.shape[2], gy.shape[3]
     Kg = K // G
+    los = np.empty(KW, np.int64)
+    his = np.empty(KW, np.int64)
+    offs = np.empty(KW, np.int64)
+    for s in range(KW):
+        los[s], his[s], offs[s] = _col_range(s, W, OW, sw, pw, dil_w)
     for kc in prange(K * Cg):
         k, c = kc // Cg, kc % Cg
         ci = (k // Kg) * Cg + c
-        for r in range(KH):
-            for s in range(KW):
-                lo, hi, off = _col_range(s, W, OW, sw, pw, dil_w)
-                acc = zero
-                for n in range(N):
-                    for oh in range(OH):
-                        ih = oh * sh - ph + r * dil_h
-                        if ih < 0 or ih >= H:
+        acc = np.zeros((KH * KW, OW), dtype=gw.dtype)
+        for n in range(N):
+            for oh in range(OH):
+                gyrow = gy[n, k, oh]
+                for r in range(KH):
+                    ih = oh * sh - ph + r * dil_h
+                    if ih < 0 or ih >= H:
+                        continue
+                    xrow = x[n, ci, ih]
+                    for s in range(KW):
+                        lo, hi, off = los[s], his[s], offs[s]
+                        if hi <= lo:
                             continue
-                        xrow = x[n, ci, ih]
-                        gyrow = gy[n, k, oh]
-                        for ow in range(lo, hi):
-                            acc += gyrow[ow] * xrow[ow * sw + off]
-                gw[k, c, r, s] = acc
+                        a = acc[r * KW + s, lo:hi]
+                        g = gyrow[lo:hi]
+                        if sw == 1:
+                            xs = xrow[lo + off:hi + off]
+                            for i in range(hi - lo):
+                                a[i] += g[i] * xs[i]
+                        else:
+                            for i in range(hi - lo):
+                                a[i] += g[i] * xrow[(lo + i) * sw + off]
+        for t in range(KH * KW):
+            total = zero
+            for ow in range(OW):
+                total += acc[t, ow]
+            gw[k, c, t // KW, t % KW] = total
 
 
 @twin(fastmath={"reassoc"})
@@ -281,14 +304,21 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
 def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     K, Cg, KH, KW = w.shape
     pads = (dilation[0] * (KH - 1) - padding[0], dilation[1] * (KW - 1) - padding[1])
-    if stride == (1, 1) and min(pads) >= 0 and Cg >= KINNER_MIN_CHANNELS:
+    if stride == (1, 1) and min(pads) >= 0 and (Cg >= KINNER_MIN_CHANNELS
+                                                or K // groups <= SHIFTED_MAX_CHANNELS):
         # a stride-1 transposed conv is a forward conv of gy with the filter flipped in space
         # and its in/out channels swapped within each group: wf: (C, Kg, KH, KW)
         wf = w[:, :, ::-1, ::-1].reshape(groups, K // groups, Cg, KH, KW).transpose(0, 2, 1, 3, 4)
         wf = wf.reshape(groups * Cg, K // groups, KH, KW)
         gx = empty(tuple(input_shape), gy.dtype)
-        _forward_kinner(gx.size * wf[0].size, gy, _kinner_filter(wf, groups),
-                        np.zeros(1, dtype=gy.dtype), False, 1, 1, *pads, *dilation, gx)
+        zero = np.zeros(1, dtype=gy.dtype)
+        work = gx.size * wf[0].size
+        if Cg >= KINNER_MIN_CHANNELS:
+            _forward_kinner(work, gy, _kinner_filter(wf, groups), zero, False, 1, 1, *pads,
+                            *dilation, gx)
+        else:  # few channels per group (depthwise): the shifted-plane forward
+            _forward_shifted(work, gy, np.ascontiguousarray(wf), zero, False, *pads, *dilation,
+                             groups, gx)
         return gx
     gx = empty(tuple(input_shape), gy.dtype)
     _backward_input(gy.size * w[0].size, gy, w, *stride, *padding, *dilation, groups, gx)
