@@ -50,8 +50,9 @@ class KernelEngine:
 
 
 def _cpu_array(t: torch.Tensor):
-    # contiguous() is free when the tensor already is; detach() shares memory.
-    return t.detach().contiguous().numpy()
+    if t.requires_grad or not t.is_contiguous():
+        t = t.detach().contiguous()  # detach() shares memory; contiguous() copies only if needed
+    return t.numpy()
 
 
 _threads = threading.local()
@@ -106,12 +107,17 @@ class _PlainContext:
         pass
 
 
-def _apply(function, *args):
-    """``function.apply(*args)`` inside a backward pass: recorded for double backward when grad
-    mode is on (``create_graph=True``), a plain call of its forward otherwise (Function.apply
-    costs ~10-20 us of Python per call, and a training step makes a dozen of these)."""
+def call_function(function, *args):
+    """``function.apply(*args)`` when autograd has something to record: grad mode on and a
+    tensor argument that requires grad (in a backward pass: ``create_graph=True``). Otherwise a
+    plain call of its forward, which gives the same outputs without the graph bookkeeping
+    (Function.apply costs ~10-20 us of Python per call: inference, and the dozen backward
+    sub-calls of a training step). Not for in-place Functions: only ``apply`` bumps the
+    version counter autograd checks saved tensors against."""
     if torch.is_grad_enabled():
-        return function.apply(*args)
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.requires_grad:
+                return function.apply(*args)
     return function.forward(_PlainContext(), *args)
 
 
@@ -136,11 +142,11 @@ def _conv2d_grads(ctx, gy, x, w):
     """The gradients a conv Function's backward returns, for the inputs that need them."""
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:
-        gx = _apply(Conv2dBackwardInput, gy, w, x.shape, *ctx.conf)
+        gx = call_function(Conv2dBackwardInput, gy, w, x.shape, *ctx.conf)
     if ctx.needs_input_grad[1]:
-        gw = _apply(Conv2dBackwardWeight, x, gy, w.shape, *ctx.conf)
+        gw = call_function(Conv2dBackwardWeight, x, gy, w.shape, *ctx.conf)
     if ctx.has_bias and ctx.needs_input_grad[2]:
-        gb = _apply(Conv2dBackwardBias, gy)
+        gb = call_function(Conv2dBackwardBias, gy)
     return gx, gw, gb, None, None, None, None, None
 
 
@@ -161,7 +167,7 @@ class Conv2dReLUFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         x, w, y = ctx.saved_tensors
-        return _conv2d_grads(ctx, _apply(ReLUBackward, gy, y), x, w)
+        return _conv2d_grads(ctx, call_function(ReLUBackward, gy, y), x, w)
 
 
 class Conv2dBackwardInput(Function):
@@ -179,9 +185,9 @@ class Conv2dBackwardInput(Function):
         gy, w = ctx.saved_tensors
         d_gy = d_w = None
         if ctx.needs_input_grad[0]:
-            d_gy = _apply(Conv2dFunction, ggx, w, None, *ctx.conf)
+            d_gy = call_function(Conv2dFunction, ggx, w, None, *ctx.conf)
         if ctx.needs_input_grad[1]:
-            d_w = _apply(Conv2dBackwardWeight, ggx, gy, w.shape, *ctx.conf)
+            d_w = call_function(Conv2dBackwardWeight, ggx, gy, w.shape, *ctx.conf)
         return d_gy, d_w, None, None, None, None, None, None
 
 
@@ -200,9 +206,9 @@ class Conv2dBackwardWeight(Function):
         x, gy = ctx.saved_tensors
         d_x = d_gy = None
         if ctx.needs_input_grad[0]:
-            d_x = _apply(Conv2dBackwardInput, gy, ggw, x.shape, *ctx.conf)
+            d_x = call_function(Conv2dBackwardInput, gy, ggw, x.shape, *ctx.conf)
         if ctx.needs_input_grad[1]:
-            d_gy = _apply(Conv2dFunction, x, ggw, None, *ctx.conf)
+            d_gy = call_function(Conv2dFunction, x, ggw, None, *ctx.conf)
         return d_x, d_gy, None, None, None, None, None, None
 
 
@@ -237,7 +243,7 @@ class ReLUFunction(Function):
     @staticmethod
     def backward(ctx, gy):
         (y,) = ctx.saved_tensors
-        return _apply(ReLUBackward, gy, y), None
+        return call_function(ReLUBackward, gy, y), None
 
 
 class ReLUBackward(Function):
@@ -251,7 +257,7 @@ class ReLUBackward(Function):
     @staticmethod
     def backward(ctx, ggx):
         (y,) = ctx.saved_tensors
-        return _apply(ReLUBackward, ggx, y), None
+        return call_function(ReLUBackward, ggx, y), None
 
 
 class MaxPool2dFunction(Function):
@@ -269,7 +275,8 @@ class MaxPool2dFunction(Function):
     @staticmethod
     def backward(ctx, gy, _gindices):
         (indices,) = ctx.saved_tensors
-        return _apply(MaxPool2dBackward, gy, indices, ctx.input_shape), None, None, None, None, None
+        gx = call_function(MaxPool2dBackward, gy, indices, ctx.input_shape)
+        return gx, None, None, None, None, None
 
 
 class MaxPool2dBackward(Function):

@@ -16,6 +16,7 @@ from convkit.autograd import (
     Conv2dReLUFunction,
     MaxPool2dFunction,
     ReLUFunction,
+    call_function,
 )
 from convkit.kernels.cpu import autotune
 from convkit.kernels.shapes import (
@@ -126,7 +127,8 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
     if algorithm == "auto" and input.device.type != "cpu":
         algorithm = select_algorithm(input.shape, weight.shape, stride, padding, dilation, groups,
                                      input.dtype, input.device.type)
-    y = function.apply(input, weight, bias, stride, padding, dilation, groups, algorithm)
+    y = call_function(function, input, weight, bias, stride, padding, dilation, groups,
+                      algorithm)
     return y.squeeze(0) if unbatched else y
 
 
@@ -138,7 +140,9 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
                          f"but got {input.dtype}")
     if inplace and not input.is_contiguous():
         return input.copy_(ReLUFunction.apply(input, False))
-    return ReLUFunction.apply(input, bool(inplace))
+    if inplace:
+        return ReLUFunction.apply(input, True)
+    return call_function(ReLUFunction, input, False)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -161,8 +165,8 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
     if unbatched:
         input = input.unsqueeze(0)
     check_max_pool2d(tuple(input.shape), kernel, stride, padding, dilation, bool(ceil_mode))
-    y, indices = MaxPool2dFunction.apply(input, kernel, stride, padding, dilation,
-                                         bool(ceil_mode))
+    y, indices = call_function(MaxPool2dFunction, input, kernel, stride, padding, dilation,
+                               bool(ceil_mode))
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return y, indices

@@ -1,7 +1,8 @@
 """Twin kernels (kernels/cpu/_jit.py): branch-free twins compile each new argument type
-branch-free and never through Numba's implicit compile; backward sub-Functions called plainly
-still give the same gradients as recorded ones."""
+branch-free and never through Numba's implicit compile. autograd.call_function: Functions called
+plainly when nothing needs a graph give the same results as recorded ones."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +57,32 @@ def test_plain_backward_calls_match_recorded_ones():
     assert all(g.grad_fn is not None for g in recorded)
     for p, r in zip(plain, recorded):
         torch.testing.assert_close(p, r.detach(), rtol=0, atol=0)
+
+
+def test_calls_without_grad_skip_the_graph_with_grad_record_it():
+    x = torch.randn(2, 3, 6, 6)
+    w = torch.randn(4, 3, 3, 3)
+    for fn, ref in ((lambda a, b: CF.conv2d(a, b, padding=1),
+                     lambda a, b: F.conv2d(a, b, padding=1)),
+                    (lambda a, b: CF.relu(a), lambda a, b: F.relu(a)),
+                    (lambda a, b: CF.max_pool2d(a, 2), lambda a, b: F.max_pool2d(a, 2))):
+        y = fn(x, w)
+        assert y.grad_fn is None and not y.requires_grad
+        torch.testing.assert_close(y, ref(x, w))
+        wg = w.clone().requires_grad_()
+        xg = x.clone().requires_grad_()
+        assert fn(xg, wg).grad_fn is not None
+        with torch.no_grad():
+            assert fn(xg, wg).grad_fn is None
+
+
+def test_inplace_relu_on_a_saved_tensor_is_caught_as_in_torch():
+    """relu_ bumps the version counter even on a tensor that needs no grad, so autograd sees
+    that a saved input changed (torch raises the same error)."""
+    for conv, relu_ in ((CF.conv2d, CF.relu_), (F.conv2d, F.relu_)):
+        x = torch.randn(1, 2, 5, 5)
+        w = torch.randn(3, 2, 3, 3, requires_grad=True)
+        y = conv(x, w)  # saves x for the weight gradient
+        relu_(x)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
