@@ -1,1 +1,1 @@
-python -m convkit.bench --quick --report benchmarks/results
+python -m convkit.bench --quick --interleave --report benchmarks/results
