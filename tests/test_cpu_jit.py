@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from numba import prange
 
 import convkit.functional as CF
 from convkit.kernels.cpu import pool
@@ -14,7 +15,7 @@ from convkit.kernels.cpu._jit import twin
 def test_branchless_twin_compiles_each_type_once_then_refuses_implicit_compiles():
     @twin(branchless=True)
     def clip_max(x, out):
-        for i in range(x.size):
+        for i in prange(x.size):
             v = x[i]
             out[i] = v if v > 0 else 0
 
