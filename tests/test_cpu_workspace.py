@@ -123,3 +123,33 @@ def test_public_empty_cache():
     assert _workspace.cached_bytes()[1] > 0
     convkit.empty_cache()
     assert _workspace.cached_bytes()[1] == 0
+
+
+def test_threads_share_the_cache_without_sharing_buffers():
+    """Python threads calling kernels of the same shapes at once: every result stays its own
+    (a buffer handed to two callers would show as a wrong value in one of them)."""
+    import threading
+
+    errors = []
+
+    def work(seed):
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(16, 4, 3, 3, generator=gen)  # results of 512 KiB: cached
+        try:
+            for _ in range(15):
+                x = torch.randn(8, 4, 32, 32, generator=gen)
+                y = CF.conv2d(x, w, padding=1)
+                r = CF.relu(y)
+                p = CF.max_pool2d(r, 2)
+                torch.testing.assert_close(y, F.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(r, F.relu(y), rtol=0, atol=0)
+                torch.testing.assert_close(p, F.max_pool2d(r, 2), rtol=0, atol=0)
+        except Exception as e:  # noqa: BLE001 - reported below, from the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
