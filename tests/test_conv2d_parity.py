@@ -83,6 +83,15 @@ EDGE_CASES = [
          groups=1, bias=False, noncontig=False),
     dict(N=2, C=8, H=6, W=6, K=8, KH=5, KW=5, stride=(1, 1), padding="same", dilation=(1, 1),
          groups=1, bias=True, noncontig=False),
+    # strided backward-input with >= 8 channels per group: the row-gathering channel-inner kernel
+    dict(N=2, C=16, H=9, W=8, K=16, KH=3, KW=3, stride=(2, 2), padding=1, dilation=(1, 1),
+         groups=2, bias=False, noncontig=False),
+    # ... and with few input but >= 8 output channels per group (a network's stem): dot products
+    # over the output channels
+    dict(N=2, C=3, H=13, W=12, K=16, KH=5, KW=5, stride=(2, 2), padding=2, dilation=(1, 1),
+         groups=1, bias=True, noncontig=False),
+    dict(N=2, C=4, H=9, W=10, K=16, KH=3, KW=2, stride=(1, 2), padding=(0, 1),
+         dilation=(2, 1), groups=2, bias=False, noncontig=True),
 ]
 
 CASES = _draw_cases(110) + EDGE_CASES
