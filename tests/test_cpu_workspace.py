@@ -153,3 +153,18 @@ def test_threads_share_the_cache_without_sharing_buffers():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_results_kept_alive_beyond_the_tracked_count(monkeypatch):
+    """Many results of one size kept alive: all distinct, and at most CACHE_MAX_RECORDS tracked
+    (so a lookup's scan stays short)."""
+    monkeypatch.setattr(_workspace, "CACHE_MAX_RECORDS", 4)
+    used0 = _workspace.cached_bytes()[0]
+    kept = [_workspace.empty(BIG, np.float32) for _ in range(10)]
+    for i, a in enumerate(kept):
+        a.fill(i)
+    assert [float(a[0, 0]) for a in kept] == list(range(10))
+    assert _workspace.cached_bytes()[0] - used0 <= 4 * BIG[0] * BIG[1] * 4
+    address = kept[0].ctypes.data
+    del kept[0]
+    assert _workspace.empty(BIG, np.float32).ctypes.data == address  # tracked ones still reused

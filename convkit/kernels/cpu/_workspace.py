@@ -16,7 +16,8 @@ recycled memory.
   buffer whose only reference is the cache's own is free (CPython's reference count says so
   exactly). Whenever a new buffer is made, free ones are dropped, least recently used first, so
   that they and the new one stay within CACHE_MAX_FREE_BYTES; ``empty_cache`` drops them all.
-  Buffers in use are never capped (they are the caller's results).
+  Buffers in use are never capped (they are the caller's results); beyond CACHE_MAX_RECORDS
+  buffers of one size alive at once, further results are plain arrays the cache does not track.
 """
 import os
 import sys
@@ -48,6 +49,10 @@ CACHE_MIN_BYTES = 1 << 18
 # free result buffers kept at most (CONVKIT_CPU_CACHE_MB; 0 turns the cache off)
 CACHE_MAX_FREE_BYTES = int(os.environ.get("CONVKIT_CPU_CACHE_MB", "256")) << 20
 
+# buffers of one size the cache tracks at most: a caller that keeps many results alive (say,
+# features of a whole dataset) gets plain arrays beyond this, so a lookup never scans more
+CACHE_MAX_RECORDS = 64
+
 _cache_lock = threading.Lock()
 _cache = {}    # nbytes -> list of [buffer, last use]; the record holds the buffer's only cache ref
 _tick = [0]
@@ -69,6 +74,8 @@ def empty(shape, dtype) -> np.ndarray:
             if sys.getrefcount(record[0]) == _FREE_REFS:
                 record[1] = _tick[0]
                 return record[0].view(dtype).reshape(shape)
+        if len(records) >= CACHE_MAX_RECORDS:  # all in use: not tracked
+            return np.empty(shape, dtype=dtype)
         record = [np.empty(nbytes, dtype=np.uint8), _tick[0]]
         records.append(record)
         out = record[0].view(dtype).reshape(shape)
