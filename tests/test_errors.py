@@ -77,7 +77,12 @@ def test_errors_derive_from_runtime_error_like_torch():
 
 
 POOL_BAD = [
-    ("pad > half kernel", (x4, 3), {"padding": 2}, "pad should be at most half"),
+    ("pad > half kernel", (x4, 3), {"padding": 2}, "pad should be smaller than or equal to half"),
+    # torch halves the kernel size itself: dilation does not widen the allowed padding
+    ("pad > half kernel, dilated", (torch.randn(1, 1, 9, 9), 3), {"padding": 2, "dilation": 2},
+     "pad should be smaller than or equal to half"),
+    ("pad > half kernel, one side", (x4, (4, 3)), {"padding": (2, 2)},
+     "pad should be smaller than or equal to half"),
     ("kernel 0", (x4, 0), {}, "kernel_size"),
     ("stride 0", (x4, 2), {"stride": 0}, "stride"),
     ("dilation 0", (x4, 2), {"dilation": 0}, "dilation"),

@@ -157,10 +157,10 @@ def check_max_pool2d(input_shape: Sequence[int], kernel: IntPair, stride: IntPai
                             f"dilation={dilation}")
     if min(padding) < 0:
         raise ArgumentError(f"max_pool2d: padding must be non-negative, but got padding={padding}")
-    for p, k, d in zip(padding, kernel, dilation):
-        if p > ((k - 1) * d + 1) // 2:
-            raise ArgumentError(f"max_pool2d: pad should be at most half of effective kernel "
-                                f"size, but got pad={p}, kernel_size={k} and dilation={d}")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        # torch's rule: half the kernel size itself, whatever the dilation
+        raise ArgumentError(f"max_pool2d: pad should be smaller than or equal to half of kernel "
+                            f"size, but got padding={padding}, kernel_size={kernel}")
     N, C, H, W = input_shape
     if C == 0 or H == 0 or W == 0:
         raise ArgumentError(f"max_pool2d: expected input with non-zero channel and spatial "
