@@ -30,7 +30,13 @@ from convkit.kernels.shapes import (
 )
 
 IntOrPair = Union[int, Sequence[int]]
-FLOAT_DTYPES = (torch.float32, torch.float64)
+# the dtypes the kernels compute in; float16 / bfloat16 are computed in float32 and rounded once
+# at the end (what torch's CPU kernels do for them: float32 accumulation), so relu and max_pool2d
+# are exact and conv2d is within one rounding of torch
+KERNEL_DTYPES = (torch.float32, torch.float64)
+REDUCED_DTYPES = (torch.float16, torch.bfloat16)
+FLOAT_DTYPES = KERNEL_DTYPES + REDUCED_DTYPES
+_DTYPE_WORDS = "torch.float32, torch.float64, torch.float16 or torch.bfloat16"
 ALGORITHMS = ("auto", "direct", "im2col")
 
 
@@ -42,8 +48,13 @@ def _check_tensor(t, name: str, op: str) -> None:
 
 def _check_float(t: torch.Tensor, name: str, op: str) -> None:
     if t.dtype not in FLOAT_DTYPES:
-        raise DtypeError(f"{op}(): expected {name} to have dtype torch.float32 or torch.float64, "
+        raise DtypeError(f"{op}(): expected {name} to have a floating dtype ({_DTYPE_WORDS}), "
                          f"but got {t.dtype}")
+
+
+def _float32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t in float32 (differentiable: the gradient is rounded back to t's dtype)."""
+    return None if t is None else t.float()
 
 
 def select_algorithm(input_shape: Sequence[int], weight_shape: Sequence[int], stride, padding,
@@ -114,6 +125,9 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
         if t is not None and t.device != input.device:
             raise RuntimeError(f"conv2d(): expected all tensors to be on the same device, but "
                                f"input is on {input.device} and {name} on {t.device}")
+    if input.dtype in REDUCED_DTYPES:
+        return _conv2d(function, _float32(input), _float32(weight), _float32(bias), stride,
+                       padding, dilation, groups, algorithm).to(input.dtype)
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
@@ -135,9 +149,10 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """max(input, 0) elementwise for any shape (NaN propagates), as ``torch.nn.functional.relu``."""
     _check_tensor(input, "input", "relu")
-    if input.dtype not in FLOAT_DTYPES:
-        raise DtypeError(f"relu(): expected input to have dtype torch.float32 or torch.float64, "
-                         f"but got {input.dtype}")
+    _check_float(input, "input", "relu")
+    if input.dtype in REDUCED_DTYPES:
+        y = relu(_float32(input)).to(input.dtype)
+        return input.copy_(y) if inplace else y
     if inplace and not input.is_contiguous():
         return input.copy_(ReLUFunction.apply(input, False))
     if inplace:
@@ -161,6 +176,10 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
                             f"but got input of size: {list(input.shape)}")
     _check_float(input, "input", "max_pool2d")
     kernel, stride, padding, dilation = max_pool2d_args(kernel_size, stride, padding, dilation)
+    if input.dtype in REDUCED_DTYPES:
+        y, indices = max_pool2d_with_indices(_float32(input), kernel, stride, padding, dilation,
+                                             ceil_mode)
+        return y.to(input.dtype), indices
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)

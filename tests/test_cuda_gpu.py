@@ -226,3 +226,26 @@ def test_every_kernel_compiles_for_sm90_without_spills():
                                capture_output=True, text=True)
         assert r.returncode == 0, f"{name}: ptxas failed\n{r.stderr[-2000:]}"
         assert "0 bytes spill stores" in r.stderr, f"{name} spills registers:\n{r.stderr}"
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_on_the_gpu(algorithm, dtype):
+    """float16 / bfloat16 CUDA tensors: computed in float32 on the GPU, rounded once."""
+    import convkit.functional as CF
+
+    dev = torch.device("cuda")
+    x = torch.randn(4, 8, 12, 12, device=dev).to(dtype).requires_grad_()
+    w = (torch.randn(16, 8, 3, 3, device=dev) * 0.3).to(dtype).requires_grad_()
+    y = CF.conv2d(x, w, padding=1, algorithm=algorithm)
+    assert y.dtype == dtype and y.device == dev
+    ref = F.conv2d(x.detach().float(), w.detach().float(), padding=1).to(dtype)
+    t = dict(atol=2e-2, rtol=4e-3) if dtype == torch.float16 else dict(atol=1.5e-1, rtol=3e-2)
+    torch.testing.assert_close(y, ref, **t)
+    y.sum().backward()
+    assert x.grad.dtype == dtype and w.grad.dtype == dtype
+    p, i = CF.max_pool2d(CF.relu(x.detach()), 2, return_indices=True)
+    rp, ri = F.max_pool2d(F.relu(x.detach()), 2, return_indices=True)
+    assert p.dtype == dtype and torch.equal(p, rp) and torch.equal(i, ri)
