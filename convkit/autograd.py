@@ -151,16 +151,16 @@ def _conv2d_grads(ctx, gy, x, w):
 
 
 class Conv2dReLUFunction(Function):
-    """y = relu(conv2d(x, w, b)) as one Function: the ReLU runs in place on the conv output and
-    only y is kept for backward (no pre-activation tensor is stored)."""
+    """y = relu(conv2d(x, w, b)) as one Function: bias and ReLU are the conv kernels' epilogue
+    (applied as each block of y is stored) and only y is kept for backward (no pre-activation
+    tensor is stored)."""
 
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups, algorithm):
         ctx.conf = (stride, padding, dilation, groups, algorithm)
         ctx.has_bias = b is not None
-        engine = engine_for(x.device)
-        y = engine.conv2d_forward(x, w, b, stride, padding, dilation, groups, algorithm)
-        engine.relu_forward(y, y)
+        y = engine_for(x.device).conv2d_forward(x, w, b, stride, padding, dilation, groups,
+                                                algorithm, True)
         ctx.save_for_backward(x, w, y)
         return y
 

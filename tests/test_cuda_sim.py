@@ -164,6 +164,18 @@ def test_conv2d_matches_torch(case, algorithm, dtype, tiles):
         torch.testing.assert_close(host(K.conv2d_backward_bias(dev(gy))), gb_ref, **tol(dtype))
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+def test_conv2d_forward_relu_flag(algorithm):
+    """conv2d_forward(..., relu=True), what conv2d_relu calls: relu(conv2d) on the same stream."""
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    args = ((1, 1), (1, 1), (1, 1), 1, algorithm)
+    y = host(K.conv2d_forward(dev(x), dev(w), dev(b), *args, True))
+    torch.testing.assert_close(y, torch.relu(F.conv2d(x, w, b, padding=1)), **tol(torch.float64))
+    assert (y == 0).any()
+
+
 def test_conv2d_fallback_paths_are_taken(monkeypatch):
     """The shape table above reaches both the shared-memory kernels and the plain ones."""
     use_small_tiles(monkeypatch)

@@ -145,3 +145,41 @@ def test_convert_fuse_relu_in_sequential():
                                         cnn.Conv2dReLU, nn.Identity]
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
     assert set(model.state_dict()) == keys
+
+
+# every kernel the fused epilogue lives in: direct shifted-plane (stride 1, <= 4 channels per
+# group), direct channel-inner (>= 8 output channels per group), direct plane (depthwise,
+# strided), im2col (native cblas pipeline, and the numpy fallback below)
+FUSED_CASES = [
+    ((2, 1, 9, 8), (8, 1, 3, 3), dict(padding=1)),
+    ((2, 6, 9, 8), (16, 6, 3, 2), dict(stride=(2, 1), padding=(1, 0))),
+    ((2, 4, 9, 9), (4, 1, 3, 3), dict(stride=2, padding=1, groups=4)),
+    ((1, 3, 7, 7), (5, 3, 2, 2), dict(dilation=2)),
+]
+
+
+@pytest.mark.parametrize("numpy_gemm", [False, True], ids=["cblas", "numpy-gemm"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", range(len(FUSED_CASES)))
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+def test_conv2d_relu_epilogue_in_every_kernel(algorithm, case, bias, numpy_gemm, monkeypatch):
+    """The fused ReLU equals relu(conv2d) of the same algorithm bit for bit, NaN and -0.0
+    included, and torch's relu(conv2d) to rounding."""
+    if numpy_gemm:
+        if algorithm == "direct":
+            pytest.skip("the numpy fallback is im2col's")
+        from convkit.kernels.cpu import blas
+        monkeypatch.setattr(blas, "GEMM_ADDRESS", {})
+    xshape, wshape, kwargs = FUSED_CASES[case]
+    torch.manual_seed(case)
+    x = torch.randn(xshape)
+    x[0, 0, 2, 3] = float("nan")  # a NaN output must stay NaN through the epilogue
+    w = torch.randn(wshape)
+    b = torch.randn(wshape[0]) if bias else None
+    y = CF.conv2d_relu(x, w, b, **kwargs, algorithm=algorithm)
+    unfused = CF.relu(CF.conv2d(x, w, b, **kwargs, algorithm=algorithm))
+    assert torch.equal(y.isnan(), unfused.isnan()) and y.isnan().any()
+    assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(unfused))
+    assert not torch.signbit(y[~y.isnan()]).any()  # no -0.0
+    ref = torch.relu(torch.nn.functional.conv2d(x, w, b, **kwargs))
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5, equal_nan=True)

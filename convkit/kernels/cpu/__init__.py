@@ -39,13 +39,14 @@ def _conv(pass_name, algorithm, x_shape, w_shape, y_shape, conf, dtype, call):
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b, stride, padding, dilation, groups: int,
-                   algorithm: str = "direct") -> np.ndarray:
-    """y: (N, K, OH, OW) = conv2d(x: (N, C, H, W), w: (K, C/groups, KH, KW)) + b."""
+                   algorithm: str = "direct", relu: bool = False) -> np.ndarray:
+    """y: (N, K, OH, OW) = conv2d(x: (N, C, H, W), w: (K, C/groups, KH, KW)) + b; with ``relu``
+    the ReLU is the kernels' epilogue (applied as each block of y is stored)."""
     OH = conv_output_size(x.shape[2], w.shape[2], stride[0], padding[0], dilation[0])
     OW = conv_output_size(x.shape[3], w.shape[3], stride[1], padding[1], dilation[1])
     conf = (stride, padding, dilation, groups)
     return _conv("forward", algorithm, x.shape, w.shape, (x.shape[0], w.shape[0], OH, OW), conf,
-                 x.dtype, lambda m: m.forward(x, w, b, *conf, (OH, OW)))
+                 x.dtype, lambda m: m.forward(x, w, b, *conf, (OH, OW), bool(relu)))
 
 
 def conv2d_backward_input(grad_output: np.ndarray, w: np.ndarray, input_shape, stride, padding,

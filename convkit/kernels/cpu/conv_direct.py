@@ -55,8 +55,9 @@ SHIFTED_MAX_CHANNELS = 4
 
 
 @twin(fastmath={"contract"})
-def _forward_shifted(x, w, b, has_bias, ph, pw, dil_h, dil_w, groups, y):
-    """Stride-1 forward; one task per image. xp holds the image's planes zero-padded to
+def _forward_shifted(x, w, b, has_bias, relu, ph, pw, dil_h, dil_w, groups, y):
+    """Stride-1 forward (+ bias, then ReLU when ``relu``: the epilogue of conv2d_relu, applied as
+    each row is stored); one task per image. xp holds the image's planes zero-padded to
     (Hp, Wp) plus a tail of zeros, so the taps of output row oh, column ow (ow < Wp) sit at
     xp[c, (oh + r*dil_h)*Wp + ow + s*dil_w] and a tap is one shifted run over all OH*Wp."""
     N, C, H, W = x.shape
@@ -100,12 +101,17 @@ def _forward_shifted(x, w, b, has_bias, ph, pw, dil_h, dil_w, groups, y):
             for oh in range(OH):
                 row = acc[oh * Wp:]
                 out = y[n, k, oh]
-                for ow in range(OW):
-                    out[ow] = row[ow]
+                if relu:
+                    for ow in range(OW):
+                        v = row[ow]
+                        out[ow] = 0 if v <= 0 else v  # NaN kept, as relu
+                else:
+                    for ow in range(OW):
+                        out[ow] = row[ow]
 
 
 @twin(fastmath={"contract"})
-def _forward_kinner(x, wt, b, has_bias, sh, sw, ph, pw, dil_h, dil_w, y):
+def _forward_kinner(x, wt, b, has_bias, relu, sh, sw, ph, pw, dil_h, dil_w, y):
     """Forward with the filter as wt: (G, Cg, KH, KW, Kg); one task per output row (n, g, oh)."""
     N, C, H, W = x.shape
     G, Cg, KH, KW, Kg = wt.shape
@@ -132,8 +138,13 @@ def _forward_kinner(x, wt, b, has_bias, sh, sw, ph, pw, dil_h, dil_w, y):
                             a[k] += xv * wv[k]
         for k in range(Kg):
             out = y[n, g * Kg + k, oh]
-            for ow in range(OW):
-                out[ow] = acc[ow, k]
+            if relu:
+                for ow in range(OW):
+                    v = acc[ow, k]
+                    out[ow] = 0 if v <= 0 else v
+            else:
+                for ow in range(OW):
+                    out[ow] = acc[ow, k]
 
 
 @twin(fastmath={"contract"})
@@ -232,7 +243,7 @@ def _backward_weight_kinner(x, gyt, sh, sw, ph, pw, dil_h, dil_w, gwt):
 
 
 @twin
-def _forward(x, w, b, has_bias, sh, sw, ph, pw, dil_h, dil_w, G, y):
+def _forward(x, w, b, has_bias, relu, sh, sw, ph, pw, dil_h, dil_w, G, y):
     N, C, H, W = x.shape
     K, Cg, KH, KW = w.shape
     OH, OW = y.shape[2], y.shape[3]
@@ -255,6 +266,12 @@ def _forward(x, w, b, has_bias, sh, sw, ph, pw, dil_h, dil_w, G, y):
                         yrow = out[oh]
                         for ow in range(lo, hi):
                             yrow[ow] += wv * xrow[ow * sw + off]
+        if relu:  # the plane is still in cache
+            for oh in range(OH):
+                yrow = out[oh]
+                for ow in range(OW):
+                    v = yrow[ow]
+                    yrow[ow] = 0 if v <= 0 else v
 
 
 @twin
@@ -356,18 +373,19 @@ def _kinner_filter(w, groups):
     return np.ascontiguousarray(w.reshape(groups, K // groups, Cg, KH, KW).transpose(0, 2, 3, 4, 1))
 
 
-def forward(x, w, b, stride, padding, dilation, groups, out_hw):
+def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
     N, K = x.shape[0], w.shape[0]
     y = empty((N, K) + tuple(out_hw), x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
     work = y.size * w[0].size
     if stride == (1, 1) and w.shape[1] <= SHIFTED_MAX_CHANNELS:
-        _forward_shifted(work, x, w, bias, b is not None, *padding, *dilation, groups, y)
+        _forward_shifted(work, x, w, bias, b is not None, relu, *padding, *dilation, groups, y)
     elif K // groups >= KINNER_MIN_CHANNELS:
-        _forward_kinner(work, x, _kinner_filter(w, groups), bias, b is not None, *stride,
+        _forward_kinner(work, x, _kinner_filter(w, groups), bias, b is not None, relu, *stride,
                         *padding, *dilation, y)
     else:
-        _forward(work, x, w, bias, b is not None, *stride, *padding, *dilation, groups, y)
+        _forward(work, x, w, bias, b is not None, relu, *stride, *padding, *dilation, groups,
+                 y)
     return y
 
 
@@ -384,10 +402,11 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
         zero = np.zeros(1, dtype=gy.dtype)
         work = gx.size * wf[0].size
         if Cg >= KINNER_MIN_CHANNELS:
-            _forward_kinner(work, gy, _kinner_filter(wf, groups), zero, False, 1, 1, *pads,
+            _forward_kinner(work, gy, _kinner_filter(wf, groups), zero, False, False, 1, 1, *pads,
                             *dilation, gx)
         else:  # few channels per group (depthwise): the shifted-plane forward
-            _forward_shifted(work, gy, np.ascontiguousarray(wf), zero, False, *pads, *dilation,
+            _forward_shifted(work, gy, np.ascontiguousarray(wf), zero, False, False, *pads,
+                             *dilation,
                              groups, gx)
         return gx
     gx = empty(tuple(input_shape), gy.dtype)

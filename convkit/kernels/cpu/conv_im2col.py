@@ -159,12 +159,20 @@ def _nchw_to_kp(a, n0, nb, out):
 
 
 @njit(cache=True, nogil=True)
-def _add_bias(y, b, n0, nb):
-    """y[n0 + i, k, :] += b[k]."""
-    K = y.shape[1]
+def _epilogue(y, b, has_bias, relu, n0, nb):
+    """y[n0 + i, k, :] += b[k], then ReLU when ``relu`` (conv2d_relu), on a block still in cache."""
+    K, P = y.shape[1], y.shape[2]
     for ik in range(nb * K):
         i, k = ik // K, ik % K
-        y[n0 + i, k] += b[k]
+        row = y[n0 + i, k]
+        bk = b[k] if has_bias else row[0] - row[0]
+        if relu:
+            for p in range(P):
+                v = row[p] + bk
+                row[p] = 0 if v <= 0 else v  # NaN kept, as relu
+        elif has_bias:
+            for p in range(P):
+                row[p] += bk
 
 
 def _block(N, rows, P, itemsize):
@@ -182,7 +190,7 @@ def _in_workers(N, nb, flops, work):
     return blas.run([lambda: work(shared) for _ in range(T)])
 
 
-def _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw):
+def _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
     N, C = x.shape[:2]
     K, Cg, KH, KW = w.shape
     OH, OW = out_hw
@@ -200,8 +208,9 @@ def _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw):
             for g in range(G):
                 np.matmul(wmat[g * Kg:(g + 1) * Kg], cols[:, g * R:(g + 1) * R],
                           out=y[n0:n1, g * Kg:(g + 1) * Kg])
-            if b is not None:
-                _add_bias(y, b, n0, n1 - n0)
+            if b is not None or relu:
+                _epilogue(y, np.zeros(1, y.dtype) if b is None else b, b is not None, relu, n0,
+                          n1 - n0)
 
     _in_workers(N, nb, 2 * N * K * R * P, work)
     return y.reshape(N, K, OH, OW)
@@ -266,7 +275,7 @@ def _backward_weight_numpy(x, gy, weight_shape, stride, padding, dilation, group
 # ---- native pipeline: Numba workers calling cblas, launched on the OpenMP pool ----------------
 # argument block (int64): counters, sizes, conv parameters, addresses
 (_NEXT_BLOCK, _NEXT_SLOT, _N, _C, _H, _W, _K, _CG, _KH, _KW, _SH, _SW, _PH, _PW, _DH, _DW, _OH,
- _OW, _G, _NB, _GEMM, _X, _WT, _B, _Y, _SCRATCH, _PARTIALS, NARGS) = range(28)
+ _OW, _G, _NB, _GEMM, _X, _WT, _B, _Y, _SCRATCH, _PARTIALS, _RELU, NARGS) = range(29)
 _NO_TRANS, _TRANS = 111, 112
 
 
@@ -298,7 +307,8 @@ def _operands(a, one):
 
 @njit(nogil=True, cache=True)
 def _forward_worker(a, one):
-    """Take image blocks until none is left: unfold, one GEMM per image and group into y, bias."""
+    """Take image blocks until none is left: unfold, one GEMM per image and group into y, then
+    bias and ReLU (as asked) while the block is hot."""
     N, K, G, nb, P, Kg, R, CKK = _sizes(a)
     KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
     x, wm, y, cols = _operands(a, one)
@@ -315,8 +325,11 @@ def _forward_worker(a, one):
                 cblas_gemm(a[_GEMM], _NO_TRANS, _NO_TRANS, Kg, P, R, one[0],
                            wm[g * Kg:].ctypes.data, R, cols[i, g * R:].ctypes.data, P, zero,
                            y[n0 + i, g * Kg:].ctypes.data, P)
-        if a[_B] != 0:
-            _add_bias(y, carray(voidptr(a[_B]), (K,), one.dtype), n0, m)
+        if a[_B] != 0 or a[_RELU] != 0:
+            has_bias = a[_B] != 0  # without one, the filter's address stands in, never read
+            bias = carray(voidptr(a[_B] if has_bias else a[_WT]), (K if has_bias else 1,),
+                          one.dtype)
+            _epilogue(y, bias, has_bias, a[_RELU] != 0, n0, m)
 
 
 @njit(nogil=True, cache=True)
@@ -422,12 +435,12 @@ def _args(x_shape, w_shape, conf, out_hw, nb, dtype, **addresses):
     return a
 
 
-def forward(x, w, b, stride, padding, dilation, groups, out_hw):
+def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
     N, C = x.shape[:2]
     K, Cg, KH, KW = w.shape
     P = out_hw[0] * out_hw[1]
     if not _native_ok(x.dtype, N, C, K, P):
-        return _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw)
+        return _forward_numpy(x, w, b, stride, padding, dilation, groups, out_hw, relu)
     x, b = np.ascontiguousarray(x), None if b is None else np.ascontiguousarray(b)
     y = empty((N, K) + tuple(out_hw), x.dtype)
     nb = _block(N, C * KH * KW, P, x.itemsize)
@@ -437,7 +450,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw):
     wc = np.ascontiguousarray(w)
     args = _args(x.shape, w.shape, (stride, padding, dilation, groups), out_hw, nb, x.dtype,
                  x=x.ctypes.data, wt=wc.ctypes.data, b=0 if b is None else b.ctypes.data,
-                 y=y.ctypes.data, scratch=scratch.ctypes.data)
+                 y=y.ctypes.data, scratch=scratch.ctypes.data, relu=int(relu))
     _run("forward", args, x.dtype, T)
     return y
 
