@@ -251,3 +251,38 @@ def test_conv2d_output_shares_memory_with_kernel_result():
     x = torch.randn(1, 1, 5, 5)
     y = CF.conv2d(x, torch.randn(1, 1, 3, 3), algorithm="direct")
     assert y.is_contiguous() and y.numpy().flags["OWNDATA"] is False or y.numpy().base is not None
+
+
+# (x shape, w shape, padding, dilation, groups, takes the forward pipeline)
+BWD_INPUT_ROUTES = [
+    ((2, 8, 9, 10), (8, 8, 3, 3), (1, 1), (1, 1), 1, True),  # K == C
+    ((2, 12, 9, 10), (6, 6, 3, 2), (2, 0), (1, 2), 2, True),  # K < C, groups, dilation
+    ((2, 8, 9, 10), (8, 8, 3, 3), (3, 0), (1, 1), 1, False),  # padding past d*(k-1)
+    ((2, 4, 9, 10), (8, 4, 3, 3), (1, 1), (1, 1), 1, False),  # more output channels
+    ((2, 8, 9, 10), (8, 8, 1, 1), (0, 0), (1, 1), 1, False),  # 1x1: col2im is a copy
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("route", BWD_INPUT_ROUTES)
+def test_im2col_backward_input_routes(monkeypatch, route, dtype):
+    """Stride-1 im2col backward-input with K <= C runs the forward pipeline on grad_output with
+    the transposed filter; every route matches torch's input gradient."""
+    from convkit.kernels.cpu import conv_im2col
+
+    xs, ws, padding, dilation, groups, forward_route = route
+    taken = []
+    real = conv_im2col.forward
+    monkeypatch.setattr(conv_im2col, "forward",
+                        lambda *a, **k: taken.append(1) or real(*a, **k))
+    x = torch.randn(xs, dtype=dtype, requires_grad=True)
+    w = torch.randn(ws, dtype=dtype)
+    y = CF.conv2d(x, w, None, 1, padding, dilation, groups, algorithm="im2col")
+    taken.clear()
+    gy = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, gy)
+    assert bool(taken) == forward_route
+    xr = x.detach().requires_grad_()
+    (ref,) = torch.autograd.grad(F.conv2d(xr, w, None, 1, padding, dilation, groups), xr, gy)
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(gx, ref, **tol)

@@ -389,15 +389,21 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
     return y
 
 
+def transposed_filter(w, groups):
+    """The filter of the transposed convolution: a stride-1 backward-input is a forward conv of
+    gy, padded by dilation*(KH-1) - padding, with the filter flipped in space and its in/out
+    channels swapped within each group: (K, Cg, KH, KW) -> (C, Kg, KH, KW) (a strided view)."""
+    K, Cg, KH, KW = w.shape
+    wf = w[:, :, ::-1, ::-1].reshape(groups, K // groups, Cg, KH, KW).transpose(0, 2, 1, 3, 4)
+    return wf.reshape(groups * Cg, K // groups, KH, KW)
+
+
 def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     K, Cg, KH, KW = w.shape
     pads = (dilation[0] * (KH - 1) - padding[0], dilation[1] * (KW - 1) - padding[1])
     if stride == (1, 1) and min(pads) >= 0 and (Cg >= KINNER_MIN_CHANNELS
                                                 or K // groups <= SHIFTED_MAX_CHANNELS):
-        # a stride-1 transposed conv is a forward conv of gy with the filter flipped in space
-        # and its in/out channels swapped within each group: wf: (C, Kg, KH, KW)
-        wf = w[:, :, ::-1, ::-1].reshape(groups, K // groups, Cg, KH, KW).transpose(0, 2, 1, 3, 4)
-        wf = wf.reshape(groups * Cg, K // groups, KH, KW)
+        wf = transposed_filter(w, groups)
         gx = empty(tuple(input_shape), gy.dtype)
         zero = np.zeros(1, dtype=gy.dtype)
         work = gx.size * wf[0].size

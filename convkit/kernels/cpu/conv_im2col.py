@@ -12,6 +12,9 @@ Wg = w[g*Kg:(g+1)*Kg].reshape(Kg, R):
     forward          y[n, g]      = Wg @ cols[i, g]          a stack of GEMMs written straight
                                                              into NCHW, then + bias
     backward-input   dcols[i, g]  = Wg^T @ gy[n, g]          then col2im adds overlapping taps
+                                                             (stride 1 with K <= C: instead the
+                                                             forward pipeline on gy with the
+                                                             transposed filter, no fold)
     backward-weight  dWg         += gy[:, g] @ cols[:, g]^T  one GEMM over the whole chunk: cols
                                                              is stored (R, nb*P) and gy copied to
                                                              (K, nb*P), so the reduction is long
@@ -33,6 +36,7 @@ from convkit.kernels.cpu import _workspace, blas
 from convkit.kernels.cpu._jit import _PARALLEL_LOCK
 from convkit.kernels.cpu._native import cblas_gemm, fetch_add, voidptr
 from convkit.kernels.cpu._workspace import empty
+from convkit.kernels.cpu.conv_direct import transposed_filter
 
 # Unfolded images per block: each GEMM worker unfolds a block this size (at least one image) and
 # multiplies it at once, while it is still in that core's L2 cache. The unfolded memory in use is
@@ -460,6 +464,14 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     C = input_shape[1]
     _, Cg, KH, KW = w.shape
     P = OH * OW
+    pads = (dilation[0] * (KH - 1) - padding[0], dilation[1] * (KW - 1) - padding[1])
+    if stride == (1, 1) and KH * KW > 1 and K <= C and min(pads) >= 0:
+        # stride 1 and no more output than input channels: the forward pipeline on gy with the
+        # transposed filter unfolds no more than col2im would fold, and skips the fold (a
+        # scattered add): ResNet 3x3 C64 0.93x, dilated 3x3 C64 0.88x the col2im time measured
+        # here; with more output channels (SimpleCNN conv2: 1.3x, C=1 conv1: 7x) col2im stays
+        return forward(gy, np.ascontiguousarray(transposed_filter(w, groups)), None, (1, 1), pads,
+                       dilation, groups, tuple(input_shape[2:]))
     if not _native_ok(gy.dtype, N, C, K, P):
         return _backward_input_numpy(gy, w, input_shape, stride, padding, dilation, groups)
     gy = np.ascontiguousarray(gy)
