@@ -23,6 +23,27 @@ def test_relu_matches_torch(shape, dtype):
     torch.testing.assert_close(xo.grad, xr.grad, equal_nan=True)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_relu_special_values_bitwise(dtype, inplace):
+    """Bit for bit as torch: NaN propagates, -0.0 stays -0.0 (clamp_min), -inf -> 0, inf kept;
+    the gradient is 0 at -0.0 and 0.0 and passes at NaN (threshold_backward)."""
+    x = torch.tensor([float("nan"), -0.0, 0.0, float("-inf"), float("inf"), -1.5, 2.5] * 40,
+                     dtype=dtype)  # long enough for the vector loop, plus a remainder
+    y = CF.relu(x.clone(), inplace=inplace)
+    ref = torch.relu(x.clone())
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    # NaN payloads are not compared: torch's own vector and scalar loops give different ones
+    assert torch.equal(y.isnan(), ref.isnan())
+    assert torch.equal(y[~y.isnan()].view(bits), ref[~ref.isnan()].view(bits))
+    if dtype in (torch.float32, torch.float64) and not inplace:
+        xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        gy = torch.randn(x.shape, dtype=dtype)
+        CF.relu(xo).backward(gy)
+        torch.relu(xr).backward(gy)
+        assert torch.equal(xo.grad, xr.grad)
+
+
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_relu_inplace(contiguous):
     base = torch.randn(4, 6)

@@ -104,7 +104,7 @@ def _forward_shifted(x, w, b, has_bias, relu, ph, pw, dil_h, dil_w, groups, y):
                 if relu:
                     for ow in range(OW):
                         v = row[ow]
-                        out[ow] = 0 if v <= 0 else v  # NaN kept, as relu
+                        out[ow] = 0 if v < 0 else v  # NaN and -0.0 kept, as relu
                 else:
                     for ow in range(OW):
                         out[ow] = row[ow]
@@ -141,7 +141,7 @@ def _forward_kinner(x, wt, b, has_bias, relu, sh, sw, ph, pw, dil_h, dil_w, y):
             if relu:
                 for ow in range(OW):
                     v = acc[ow, k]
-                    out[ow] = 0 if v <= 0 else v
+                    out[ow] = 0 if v < 0 else v
             else:
                 for ow in range(OW):
                     out[ow] = acc[ow, k]
@@ -271,7 +271,7 @@ def _forward(x, w, b, has_bias, relu, sh, sw, ph, pw, dil_h, dil_w, G, y):
                 yrow = out[oh]
                 for ow in range(OW):
                     v = yrow[ow]
-                    yrow[ow] = 0 if v <= 0 else v
+                    yrow[ow] = 0 if v < 0 else v
 
 
 @twin

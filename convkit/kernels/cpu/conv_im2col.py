@@ -173,7 +173,7 @@ def _epilogue(y, b, has_bias, relu, n0, nb):
         if relu:
             for p in range(P):
                 v = row[p] + bk
-                row[p] = 0 if v <= 0 else v  # NaN kept, as relu
+                row[p] = 0 if v < 0 else v  # NaN and -0.0 kept, as relu
         elif has_bias:
             for p in range(P):
                 row[p] += bk

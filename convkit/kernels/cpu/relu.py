@@ -1,7 +1,8 @@
 """ReLU forward and backward on flat views of NCHW (or any-shape) numpy arrays.
 
-y = max(x, 0) with NaN propagated (torch's clamp_min); grad_input = grad_output where y > 0,
-0 where y <= 0 (torch's threshold_backward, so a NaN output passes its gradient through).
+y = x where x >= 0 or NaN, else 0 (torch's clamp_min: NaN propagates, -0.0 stays -0.0);
+grad_input = grad_output where y > 0, 0 where y <= 0
+(torch's threshold_backward, so a NaN output passes its gradient through).
 """
 import numpy as np
 from numba import prange
@@ -18,7 +19,7 @@ RELU_STEPS_PER_WORK = 1
 def _relu_forward(x, y):
     for i in prange(x.size):
         v = x[i]
-        y[i] = 0 if v <= 0 else v
+        y[i] = 0 if v < 0 else v
 
 
 @twin

@@ -1,7 +1,8 @@
 """ReLU forward and backward on flat views of C-contiguous device arrays (any shape).
 
-y = max(x, 0) with NaN propagated (torch's clamp_min); grad_input = grad_output where y > 0,
-0 where y <= 0 (torch's threshold_backward). One grid-stride thread per element.
+y = x where x >= 0 or NaN, else 0 (torch's clamp_min: NaN propagates, -0.0 stays -0.0);
+grad_input = grad_output where y > 0, 0 where y <= 0
+(torch's threshold_backward). One grid-stride thread per element.
 """
 from numba import cuda
 
@@ -13,7 +14,7 @@ def _relu_forward(x, y):
     start, step = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, x.size, step):
         v = x[i]
-        y[i] = 0 if v <= 0 else v
+        y[i] = 0 if v < 0 else v
 
 
 @cuda.jit
