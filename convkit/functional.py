@@ -52,6 +52,23 @@ def _check_float(t: torch.Tensor, name: str, op: str) -> None:
                          f"but got {t.dtype}")
 
 
+def _channels_last(t: Optional[torch.Tensor]) -> bool:
+    """t is laid out channels-last (and not also plainly contiguous): torch then returns
+    channels-last results from conv2d and max_pool2d, and so does convkit (its kernels work in
+    NCHW: the input is copied in and the result copied out)."""
+    return (t is not None and t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _stride_order(t: torch.Tensor) -> list:
+    """t's dims from the largest stride to the smallest: t.permute(order) is C-contiguous when t
+    is dense in any order (channels-last, a transpose). A broadcast (stride-0) dim keeps the
+    plain order, as torch's results of expanded inputs are plainly contiguous."""
+    if any(t.stride(d) == 0 and t.shape[d] > 1 for d in range(t.dim())):
+        return list(range(t.dim()))
+    return sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+
+
 def _float32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """t in float32 (differentiable: the gradient is rounded back to t's dtype)."""
     return None if t is None else t.float()
@@ -143,6 +160,8 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
                                      input.dtype, input.device.type)
     y = call_function(function, input, weight, bias, stride, padding, dilation, groups,
                       algorithm)
+    if _channels_last(input) or _channels_last(weight):
+        y = y.contiguous(memory_format=torch.channels_last)
     return y.squeeze(0) if unbatched else y
 
 
@@ -153,8 +172,15 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     if input.dtype in REDUCED_DTYPES:
         y = relu(_float32(input)).to(input.dtype)
         return input.copy_(y) if inplace else y
-    if inplace and not input.is_contiguous():
-        return input.copy_(ReLUFunction.apply(input, False))
+    if not input.is_contiguous():
+        # work on the permutation with the strides in decreasing order: the result has the
+        # input's stride order, as torch's (and a dense input, channels-last say, is not copied)
+        order = _stride_order(input)
+        permuted = input.permute(order)
+        if inplace and not permuted.is_contiguous():
+            return input.copy_(ReLUFunction.apply(input, False))
+        y = relu(permuted if permuted.is_contiguous() else permuted.contiguous(), inplace)
+        return input if inplace else y.permute([order.index(d) for d in range(len(order))])
     if inplace:
         return ReLUFunction.apply(input, True)
     return call_function(ReLUFunction, input, False)
@@ -186,6 +212,9 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
     check_max_pool2d(tuple(input.shape), kernel, stride, padding, dilation, bool(ceil_mode))
     y, indices = call_function(MaxPool2dFunction, input, kernel, stride, padding, dilation,
                                bool(ceil_mode))
+    if _channels_last(input):
+        y = y.contiguous(memory_format=torch.channels_last)
+        indices = indices.contiguous(memory_format=torch.channels_last)
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return y, indices
