@@ -23,6 +23,7 @@ from convkit.kernels.shapes import (
     ArgumentError,
     DtypeError,
     check_conv2d,
+    check_conv2d_kernel,
     check_max_pool2d,
     conv2d_padding,
     max_pool2d_args,
@@ -149,6 +150,7 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
     if unbatched:
         input = input.unsqueeze(0)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    check_conv2d_kernel(tuple(weight.shape))  # before 'same' padding is worked out from it
     padding, extra = conv2d_padding(padding, tuple(weight.shape[2:]), stride, dilation)
     if any(extra):  # 'same' with an even effective kernel: the extra row/column first
         input = F.pad(input, extra)

@@ -93,6 +93,13 @@ def conv2d_padding(padding, weight_hw: IntPair, stride: IntPair,
     return pair(padding, "padding"), (0, 0, 0, 0)
 
 
+def check_conv2d_kernel(weight_shape: Sequence[int]) -> None:
+    """A kernel of at least 1x1 (torch fails on an empty one deep inside its backend)."""
+    if min(weight_shape[2:]) < 1:
+        raise ArgumentError(f"conv2d: expected a kernel of at least 1x1, but got weight of size "
+                            f"{list(weight_shape)}")
+
+
 def check_conv2d(input_shape: Sequence[int], weight_shape: Sequence[int], bias_shape,
                  stride: IntPair, padding: IntPair, dilation: IntPair, groups) -> None:
     """Validate a 4-D conv2d call (input already batched). Raises ArgumentError in torch's words."""
@@ -112,6 +119,10 @@ def check_conv2d(input_shape: Sequence[int], weight_shape: Sequence[int], bias_s
         raise ArgumentError(f"conv2d: non-positive dilation is not supported "
                             f"(dilation={dilation})")
     K, Cg, KH, KW = weight_shape
+    check_conv2d_kernel(weight_shape)
+    if K < groups:
+        raise ArgumentError(f"Given groups={groups}, expected weight to be at least {groups} at "
+                            f"dimension 0, but got weight of size {list(weight_shape)} instead")
     if K % groups != 0:
         raise ArgumentError(f"Given groups={groups}, expected weight to be divisible by {groups} "
                             f"at dimension 0, but got weight of size {list(weight_shape)} instead")
@@ -181,5 +192,5 @@ def conv2d_flops(input_shape, weight_shape, output_shape) -> int:
 
 
 __all__ = ["ArgumentError", "ArgumentTypeError", "DtypeError", "ceil_div", "conv_output_size",
-           "pool_output_size", "pair", "conv2d_padding", "check_conv2d", "max_pool2d_args",
-           "check_max_pool2d", "conv2d_flops"]
+           "pool_output_size", "pair", "conv2d_padding", "check_conv2d_kernel", "check_conv2d",
+           "max_pool2d_args", "check_max_pool2d", "conv2d_flops"]
