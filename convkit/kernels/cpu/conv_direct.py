@@ -147,6 +147,15 @@ def _forward_kinner(x, wt, b, has_bias, relu, sh, sw, ph, pw, dil_h, dil_w, y):
                     out[ow] = acc[ow, k]
 
 
+@njit(inline="always")
+def _gathered_row(ih, r, sh, ph, dil_h, OH):
+    """The output row oh whose tap r reads input row ih (oh*sh - ph + r*dil_h == ih), or -1."""
+    num = ih + ph - r * dil_h
+    if num < 0 or num % sh != 0 or num // sh >= OH:
+        return -1
+    return num // sh
+
+
 @twin(fastmath={"contract"})
 def _backward_input_cinner(gyt, wt, sh, sw, ph, pw, dil_h, dil_w, gx):
     """Backward-input for any stride with gyt: (N, G, OH, OW, Kg) and the filter as
@@ -160,10 +169,10 @@ def _backward_input_cinner(gyt, wt, sh, sw, ph, pw, dil_h, dil_w, gx):
         n, g, ih = task // (G * H), (task // H) % G, task % H
         acc = np.zeros((W, Cg), dtype=gx.dtype)
         for r in range(KH):
-            num = ih + ph - r * dil_h  # = oh * sh for the output row oh this tap reads
-            if num < 0 or num % sh != 0 or num // sh >= OH:
+            oh = _gathered_row(ih, r, sh, ph, dil_h, OH)
+            if oh < 0:
                 continue
-            gyrow = gyt[n, g, num // sh]
+            gyrow = gyt[n, g, oh]
             for s in range(KW):
                 lo, hi, off = _col_range(s, W, OW, sw, pw, dil_w)
                 wrs = wt[g, r, s]
@@ -193,10 +202,10 @@ def _backward_input_kdot(gyt, wt, sh, sw, ph, pw, dil_h, dil_w, gx):
         n, g, ih = task // (G * H), (task // H) % G, task % H
         acc = np.zeros((Cg, W), dtype=gx.dtype)
         for r in range(KH):
-            num = ih + ph - r * dil_h
-            if num < 0 or num % sh != 0 or num // sh >= OH:
+            oh = _gathered_row(ih, r, sh, ph, dil_h, OH)
+            if oh < 0:
                 continue
-            gyrow = gyt[n, g, num // sh]
+            gyrow = gyt[n, g, oh]
             for s in range(KW):
                 lo, hi, off = _col_range(s, W, OW, sw, pw, dil_w)
                 for c in range(Cg):
