@@ -168,7 +168,9 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """max(input, 0) elementwise for any shape (NaN propagates), as ``torch.nn.functional.relu``."""
+    """max(input, 0) elementwise for any shape and layout, bit for bit as
+    ``torch.nn.functional.relu`` (NaN propagates, -0.0 stays); the result keeps the input's
+    stride order."""
     _check_tensor(input, "input", "relu")
     _check_float(input, "input", "relu")
     if input.dtype in REDUCED_DTYPES:
