@@ -174,6 +174,7 @@ def test_conv2d_relu_epilogue_in_every_kernel(algorithm, case, bias, numpy_gemm,
     torch.manual_seed(case)
     x = torch.randn(xshape)
     x[0, 0, 2, 3] = float("nan")  # a NaN output must stay NaN through the epilogue
+    x[-1, -1, 0, 0] = float("inf")  # and an infinite first output must not spoil its row
     w = torch.randn(wshape)
     b = torch.randn(wshape[0]) if bias else None
     y = CF.conv2d_relu(x, w, b, **kwargs, algorithm=algorithm)

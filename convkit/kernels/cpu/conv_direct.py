@@ -421,8 +421,7 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
                             *dilation, gx)
         else:  # few channels per group (depthwise): the shifted-plane forward
             _forward_shifted(work, gy, np.ascontiguousarray(wf), zero, False, False, *pads,
-                             *dilation,
-                             groups, gx)
+                             *dilation, groups, gx)
         return gx
     gx = empty(tuple(input_shape), gy.dtype)
     N, _, OH, OW = gy.shape

@@ -169,14 +169,14 @@ def _epilogue(y, b, has_bias, relu, n0, nb):
     for ik in range(nb * K):
         i, k = ik // K, ik % K
         row = y[n0 + i, k]
-        bk = b[k] if has_bias else row[0] - row[0]
-        if relu:
-            for p in range(P):
-                v = row[p] + bk
-                row[p] = 0 if v < 0 else v  # NaN and -0.0 kept, as relu
-        elif has_bias:
+        if has_bias:
+            bk = b[k]
             for p in range(P):
                 row[p] += bk
+        if relu:
+            for p in range(P):
+                v = row[p]
+                row[p] = 0 if v < 0 else v  # NaN and -0.0 kept, as relu
 
 
 def _block(N, rows, P, itemsize):
