@@ -36,6 +36,7 @@ from numba import njit, prange
 
 from convkit.kernels.cpu._jit import twin
 from convkit.kernels.cpu._workspace import empty
+from convkit.kernels.cpu.relu import relu_value
 
 
 @njit(inline="always")
@@ -103,8 +104,7 @@ def _forward_shifted(x, w, b, has_bias, relu, ph, pw, dil_h, dil_w, groups, y):
                 out = y[n, k, oh]
                 if relu:
                     for ow in range(OW):
-                        v = row[ow]
-                        out[ow] = 0 if v < 0 else v  # NaN and -0.0 kept, as relu
+                        out[ow] = relu_value(row[ow])
                 else:
                     for ow in range(OW):
                         out[ow] = row[ow]
@@ -140,8 +140,7 @@ def _forward_kinner(x, wt, b, has_bias, relu, sh, sw, ph, pw, dil_h, dil_w, y):
             out = y[n, g * Kg + k, oh]
             if relu:
                 for ow in range(OW):
-                    v = acc[ow, k]
-                    out[ow] = 0 if v < 0 else v
+                    out[ow] = relu_value(acc[ow, k])
             else:
                 for ow in range(OW):
                     out[ow] = acc[ow, k]
@@ -279,8 +278,7 @@ def _forward(x, w, b, has_bias, relu, sh, sw, ph, pw, dil_h, dil_w, G, y):
             for oh in range(OH):
                 yrow = out[oh]
                 for ow in range(OW):
-                    v = yrow[ow]
-                    yrow[ow] = 0 if v < 0 else v
+                    yrow[ow] = relu_value(yrow[ow])
 
 
 @twin
@@ -407,9 +405,16 @@ def transposed_filter(w, groups):
     return wf.reshape(groups * Cg, K // groups, KH, KW)
 
 
+def transposed_padding(weight_shape, padding, dilation):
+    """The padding of that forward conv: dilation*(K-1) - padding per axis (negative where the
+    original padding reaches past the dilated kernel; no forward conv then)."""
+    KH, KW = weight_shape[2], weight_shape[3]
+    return dilation[0] * (KH - 1) - padding[0], dilation[1] * (KW - 1) - padding[1]
+
+
 def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     K, Cg, KH, KW = w.shape
-    pads = (dilation[0] * (KH - 1) - padding[0], dilation[1] * (KW - 1) - padding[1])
+    pads = transposed_padding(w.shape, padding, dilation)
     if stride == (1, 1) and min(pads) >= 0 and (Cg >= KINNER_MIN_CHANNELS
                                                 or K // groups <= SHIFTED_MAX_CHANNELS):
         wf = transposed_filter(w, groups)

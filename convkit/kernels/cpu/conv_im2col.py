@@ -36,7 +36,8 @@ from convkit.kernels.cpu import _workspace, blas
 from convkit.kernels.cpu._jit import _PARALLEL_LOCK
 from convkit.kernels.cpu._native import cblas_gemm, fetch_add, voidptr
 from convkit.kernels.cpu._workspace import empty
-from convkit.kernels.cpu.conv_direct import transposed_filter
+from convkit.kernels.cpu.conv_direct import transposed_filter, transposed_padding
+from convkit.kernels.cpu.relu import relu_value
 
 # Unfolded images per block: each GEMM worker unfolds a block this size (at least one image) and
 # multiplies it at once, while it is still in that core's L2 cache. The unfolded memory in use is
@@ -175,8 +176,7 @@ def _epilogue(y, b, has_bias, relu, n0, nb):
                 row[p] += bk
         if relu:
             for p in range(P):
-                v = row[p]
-                row[p] = 0 if v < 0 else v  # NaN and -0.0 kept, as relu
+                row[p] = relu_value(row[p])
 
 
 def _block(N, rows, P, itemsize):
@@ -464,7 +464,7 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     C = input_shape[1]
     _, Cg, KH, KW = w.shape
     P = OH * OW
-    pads = (dilation[0] * (KH - 1) - padding[0], dilation[1] * (KW - 1) - padding[1])
+    pads = transposed_padding(w.shape, padding, dilation)
     if stride == (1, 1) and KH * KW > 1 and K <= C and min(pads) >= 0:
         # stride 1 and no more output than input channels: the forward pipeline on gy with the
         # transposed filter unfolds no more than col2im would fold, and skips the fold (a

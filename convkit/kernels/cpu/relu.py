@@ -5,7 +5,7 @@ grad_input = grad_output where y > 0, 0 where y <= 0
 (torch's threshold_backward, so a NaN output passes its gradient through).
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from convkit.kernels.cpu._jit import twin
 from convkit.kernels.cpu._workspace import empty
@@ -15,11 +15,17 @@ from convkit.kernels.cpu._workspace import empty
 RELU_STEPS_PER_WORK = 1
 
 
+@njit(inline="always")
+def relu_value(v):
+    """torch's clamp_min(v, 0): v where v >= 0 or NaN, else 0, so NaN propagates and -0.0 stays
+    -0.0. The one place the rule is written: the ReLU kernel and the conv epilogues call it."""
+    return 0 if v < 0 else v
+
+
 @twin
 def _relu_forward(x, y):
     for i in prange(x.size):
-        v = x[i]
-        y[i] = 0 if v < 0 else v
+        y[i] = relu_value(x[i])
 
 
 @twin
