@@ -16,6 +16,7 @@ from numba import cuda
 from numba.core import config as numba_config
 from numba.np import numpy_support
 
+from convkit.kernels.cuda._report import BOOL, INT, KernelSpec, array, dtype_name
 from convkit.kernels.shapes import ceil_div
 
 # Threads per block of the element-wise / grid-stride kernels: a multiple of the 32-thread warp,
@@ -145,6 +146,17 @@ def sum_splits(part, S: int, out, accumulate: bool, stream=0) -> None:
     _sum_splits_kernel(out.dtype.char)[grid, block, stream](part, S, out, accumulate)
 
 
+def kernel_specs(dtype) -> list:
+    """The two utility kernels at their launch signatures (see ``_report``)."""
+    a, name = array(dtype), dtype_name(dtype)
+    return [
+        KernelSpec(f"fill_{name}", _fill_kernel(np.dtype(dtype).char), (a, INT), THREADS_1D, 0,
+                   "memory"),
+        KernelSpec(f"sum_splits_{name}", _sum_splits_kernel(np.dtype(dtype).char),
+                   (a, INT, a, BOOL), THREADS_1D, 0, "memory"),
+    ]
+
+
 @functools.lru_cache(maxsize=None)
 def _dummy_cache(dtype_char):
     return cuda.device_array(1, dtype=np.dtype(dtype_char))
@@ -164,4 +176,4 @@ def split_count(N: int, blocks_per_split: int, target_blocks: int) -> Tuple[int,
 
 __all__ = ["THREADS_1D", "MAX_BLOCKS_1D", "set_allocator", "empty", "zeros",
            "as_device", "flat", "launch_config", "numba_type", "specialise", "sum_splits",
-           "dummy", "split_count", "ceil_div"]
+           "dummy", "split_count", "ceil_div", "kernel_specs"]

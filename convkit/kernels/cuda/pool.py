@@ -17,7 +17,9 @@ import math
 import numpy as np
 from numba import cuda
 
+from convkit.kernels.cuda import _common
 from convkit.kernels.cuda._common import as_device, empty, flat, launch_config, zeros
+from convkit.kernels.cuda._report import INT, KernelSpec, array, dtype_name
 from convkit.kernels.shapes import pool_output_size
 
 
@@ -87,3 +89,16 @@ def max_pool2d_backward(grad_output, indices, input_shape, *, stream=0):
             flat(gy), flat(indices), gy.shape[2] * gy.shape[3], input_shape[2] * input_shape[3],
             flat(gx))
     return gx
+
+
+def kernel_specs(dtype) -> list:
+    """Both pooling kernels at their launch signatures (see ``_report``)."""
+    name, idx = dtype_name(dtype), np.int64
+    return [
+        KernelSpec(f"max_pool2d_forward_{name}", _max_pool2d_forward,
+                   (array(dtype, 4),) + (INT,) * 8 + (array(dtype, 4), array(idx, 4)),
+                   _common.THREADS_1D, 0, "memory"),
+        KernelSpec(f"max_pool2d_backward_{name}", _max_pool2d_backward,
+                   (array(dtype), array(idx), INT, INT, array(dtype)),
+                   _common.THREADS_1D, 0, "memory"),
+    ]

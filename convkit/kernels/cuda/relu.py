@@ -6,7 +6,9 @@ grad_input = grad_output where y > 0, 0 where y <= 0
 """
 from numba import cuda
 
+from convkit.kernels.cuda import _common
 from convkit.kernels.cuda._common import as_device, empty, flat, launch_config
+from convkit.kernels.cuda._report import KernelSpec, array, dtype_name
 
 
 @cuda.jit
@@ -42,3 +44,14 @@ def relu_backward(grad_output, y, *, stream=0):
         grid, block = launch_config((gy.size,))
         _relu_backward[grid, block, stream](flat(gy), flat(y), flat(gx))
     return gx
+
+
+def kernel_specs(dtype) -> list:
+    """Both ReLU kernels at their launch signatures (see ``_report``)."""
+    a, name = array(dtype), dtype_name(dtype)
+    return [
+        KernelSpec(f"relu_forward_{name}", _relu_forward, (a, a), _common.THREADS_1D, 0,
+                   "memory"),
+        KernelSpec(f"relu_backward_{name}", _relu_backward, (a, a, a), _common.THREADS_1D, 0,
+                   "memory"),
+    ]
