@@ -5,6 +5,7 @@
     convkit train --data /usr/share/datasets/fashion-mnist --out runs/fashion --json fashion.json
     convkit train --compare                  # convkit and torch from the same seed, side by side
     convkit bench --quick                    # kernel benchmarks (see convkit.bench)
+    convkit gpu-report --arch sm_90 --out DIR  # CUDA kernels' machine code, no GPU needed
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convkit", description="convkit: train the tutorial's SimpleCNN on convkit's "
         "kernels, or benchmark the kernels against torch.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,bench,gpu-report}")
     sub.required = True
     t = sub.add_parser("train", help="train the tutorial's SimpleCNN on MNIST-format data",
                        description="Train SimpleCNN (conv-relu-pool x2, fc-relu-dropout-fc) with "
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "epoch instead")
     sub.add_parser("bench", help="benchmark convkit's kernels against torch "
                    "(see 'convkit bench --help')", add_help=False)
+    sub.add_parser("gpu-report", help="compile every CUDA kernel for sm_90/sm_80 and judge "
+                   "its machine code, no GPU needed (see 'convkit gpu-report --help')",
+                   add_help=False)
     return parser
 
 
@@ -169,6 +173,9 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``convkit`` console script and ``python -m convkit``."""
     argv: List[str] = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "gpu-report":
+        from convkit import gpu_report
+        return gpu_report.main(argv[1:])
     if argv and argv[0] == "bench":
         from convkit import bench  # imported only when asked for: it pulls in the benchmark code
         return bench.main(argv[1:]) or 0
