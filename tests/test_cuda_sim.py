@@ -321,3 +321,56 @@ def test_functional_and_convert_run_on_cuda_kernels(sim_engine, algorithm):
     torch.testing.assert_close(out, ref, **tol(torch.float64))
     for (name, p), q in zip(model.named_parameters(), ours.parameters()):
         torch.testing.assert_close(q.grad, p.grad, **tol(torch.float64), msg=name)
+
+
+# --- convkit.kernels.reference as the oracle (plain loop nests, float64 accumulation) ----------
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("case,dtype", [("stride2-groups2", np.float64),
+                                        ("dilation-asym-n1", np.float64),
+                                        ("depthwise-x2", np.float32)])
+def test_conv2d_matches_reference(case, dtype, algorithm, monkeypatch):
+    from convkit.kernels import reference as ref
+
+    use_small_tiles(monkeypatch)  # several tiles per shape, and fewer simulator threads
+    N, C, H, W, Kc, KH, KW, stride, padding, dilation, G, has_bias = CONV_CASES[case]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((Kc, C // G, KH, KW)).astype(dtype)
+    b = rng.standard_normal(Kc).astype(dtype) if has_bias else None
+    conf = (stride, padding, dilation, G)
+    y_ref = ref.conv2d_forward(x, w, b, *conf, relu=True)
+    gy = rng.standard_normal(y_ref.shape).astype(dtype)
+    bd = cuda.to_device(b) if has_bias else None
+    got = {"y": K.conv2d_forward(cuda.to_device(x), cuda.to_device(w), bd, *conf, algorithm,
+                                 relu=True),
+           "grad_input": K.conv2d_backward_input(cuda.to_device(gy), cuda.to_device(w), x.shape,
+                                                 *conf, algorithm),
+           "grad_weight": K.conv2d_backward_weight(cuda.to_device(x), cuda.to_device(gy),
+                                                   w.shape, *conf, algorithm),
+           "grad_bias": K.conv2d_backward_bias(cuda.to_device(gy))}
+    expected = {"y": y_ref, "grad_input": ref.conv2d_backward_input(gy, w, x.shape, *conf),
+                "grad_weight": ref.conv2d_backward_weight(x, gy, w.shape, *conf),
+                "grad_bias": ref.conv2d_backward_bias(gy)}
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    for name, value in got.items():
+        value = value.copy_to_host()
+        assert value.dtype == dtype and value.shape == expected[name].shape, name
+        np.testing.assert_allclose(value, expected[name], rtol=rtol, atol=rtol, err_msg=name)
+
+
+@pytest.mark.parametrize("case", [0, 4])
+def test_max_pool2d_matches_reference(case):
+    from convkit.kernels import reference as ref
+
+    shape, *args = POOL_CASES[case]
+    rng = np.random.default_rng(case)
+    x = rng.integers(-2, 3, shape).astype(np.float32)  # ties in most windows
+    x.reshape(-1)[::5] = np.nan
+    y_ref, i_ref = ref.max_pool2d_forward(x, *args)
+    y, i = K.max_pool2d_forward(cuda.to_device(x), *args)
+    np.testing.assert_array_equal(i.copy_to_host(), i_ref)
+    np.testing.assert_array_equal(y.copy_to_host().view(np.int32), y_ref.view(np.int32))
+    gy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    gx = K.max_pool2d_backward(cuda.to_device(gy), i, x.shape).copy_to_host()
+    np.testing.assert_allclose(gx, ref.max_pool2d_backward(gy, i_ref, x.shape), rtol=1e-6)
