@@ -11,9 +11,11 @@ enqueues work on it: results are ready once that stream is synchronised. No cuDN
 CuPy is involved; see conv_direct.py and conv_im2col.py for the tiling and for why every
 convolution result is deterministic (pool backward: see pool.py).
 """
+import importlib
+import pkgutil
 import warnings
 
-from convkit.kernels.cuda import _common, conv_direct, conv_im2col, pool, relu
+from convkit.kernels.cuda import conv_direct, conv_im2col
 from convkit.kernels.cuda._common import as_device, set_allocator
 from convkit.kernels.cuda.conv_direct import conv2d_backward_bias as _backward_bias
 from convkit.kernels.cuda.conv_im2col import gemm
@@ -31,15 +33,18 @@ def _algorithm(name):
         raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {name!r}") from None
 
 
-# Every module that launches kernels; each declares them in kernel_specs(dtype).
-KERNEL_MODULES = (conv_direct, conv_im2col, pool, relu, _common)
+def _kernel_modules() -> list:
+    """Every module of this package but _report, in name order: each declares its kernels."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "_report")
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
 
 
 def kernel_specs(dtype) -> list:
     """Every kernel this package launches for ``dtype`` (numpy float32 or float64), at every
-    argument signature its launch code uses: a list of ``_report.KernelSpec``."""
+    argument signature its launch code uses: a list of ``_report.KernelSpec``, gathered from
+    each module's ``kernel_specs(dtype)`` (a module without one is warned about)."""
     specs = []
-    for module in KERNEL_MODULES:
+    for module in _kernel_modules():
         declare = getattr(module, "kernel_specs", None)
         if declare is None:
             warnings.warn(f"{module.__name__} defines no kernel_specs(dtype): its kernels are "
@@ -87,5 +92,4 @@ def conv2d_backward_bias(grad_output, *, stream=0):
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
            "conv2d_backward_bias", "relu_forward", "relu_backward", "max_pool2d_forward",
-           "max_pool2d_backward", "ALGORITHMS", "gemm", "set_allocator", "kernel_specs",
-           "KERNEL_MODULES"]
+           "max_pool2d_backward", "ALGORITHMS", "gemm", "set_allocator", "kernel_specs"]
