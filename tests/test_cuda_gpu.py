@@ -156,36 +156,15 @@ def test_runs_on_a_side_stream_without_host_sync():
 
 
 def _kernel_signatures():
-    from numba import types as T
+    """Every kernel at every signature its launch code uses, as the kernel modules declare
+    them (kernel_specs; the simulator tests check the declarations against real launches)."""
+    import numpy as np
 
-    from convkit.kernels.cuda import _common, pool, relu
-    from convkit.kernels.cuda import conv_direct as D
-    from convkit.kernels.cuda import conv_im2col as I
+    from convkit.kernels.cuda import kernel_specs
 
-    i64, b1 = T.int64, T.boolean
-    for dc, f in (("f", T.float32), ("d", T.float64)):
-        A4, A1, I4, I1 = T.Array(f, 4, "C"), T.Array(f, 1, "C"), T.Array(i64, 4, "C"), \
-            T.Array(i64, 1, "C")
-        ints = (i64,) * 7
-        table = [
-            ("direct forward tiled", D._forward_tiled(dc), (A4, A4, A1, b1, *ints, i64, A4)),
-            ("direct forward plain", D._forward_plain(dc), (A4, A4, A1, b1, *ints, A4)),
-            ("direct backward_input tiled", D._backward_input_tiled(dc),
-             (A4, A4, *ints, i64, A4)),
-            ("direct backward_input plain", D._backward_input_plain(dc), (A4, A4, *ints, A4)),
-            ("direct backward_weight", D._backward_weight(dc), (A4, A4) + (i64,) * 10 + (A1,)),
-            ("backward_bias", D._backward_bias(dc), (A4, A1)),
-            ("gemm", I._gemm(dc), (A1, A1, A1, A1) + (i64,) * 16 + (b1, b1)),
-            ("col2im", I._col2im(dc), (A1,) + (i64,) * 10 + (A4,)),
-            ("im2col", I._im2col, (A4,) + (i64,) * 10 + (A1,)),
-            ("sum_splits", _common._sum_splits_kernel(dc), (A1, i64, A1, b1)),
-            ("max_pool2d forward", pool._max_pool2d_forward, (A4,) + (i64,) * 8 + (A4, I4)),
-            ("max_pool2d backward", pool._max_pool2d_backward, (A1, I1, i64, i64, A1)),
-            ("relu forward", relu._relu_forward, (A1, A1)),
-            ("relu backward", relu._relu_backward, (A1, A1, A1)),
-        ]
-        for name, kernel, sig in table:
-            yield f"{name} ({f})", kernel, sig
+    for dt in (np.float32, np.float64):
+        for spec in kernel_specs(dt):
+            yield spec.name, spec.kernel, spec.argtypes
 
 
 def _ptxas():
