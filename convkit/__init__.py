@@ -8,8 +8,9 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {"Conv2d": "convkit.nn", "ReLU": "convkit.nn", "MaxPool2d": "convkit.nn",
-         "convert": "convkit.nn", "empty_cache": "convkit.kernels.cpu._workspace"}
-_SUBMODULES = {"functional", "nn", "autograd", "kernels", "models", "data", "utils", "train"}
+         "convert": "convkit.nn", "empty_cache": "convkit.runtime.memory"}
+_SUBMODULES = {"functional", "nn", "autograd", "engine", "kernels", "runtime", "models", "data",
+               "utils", "train"}
 
 
 def __getattr__(name):

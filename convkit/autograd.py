@@ -1,4 +1,5 @@
-"""torch.autograd.Functions over convkit's kernels, one per op, routed by tensor device.
+"""torch.autograd.Functions over convkit's kernels, one per op; ``convkit.engine`` runs them on the
+tensors' device.
 
 Arguments arrive validated and normalised from ``convkit.functional``. Every backward is itself
 built from convkit Functions (Chainer's formulation: the input gradient of a convolution is a
@@ -8,93 +9,10 @@ second derivative of max-pool.
 """
 from __future__ import annotations
 
-import threading
-from typing import Callable
-
-import numba
 import torch
 from torch.autograd import Function
 
-from convkit.kernels import cpu as _cpu_kernels
-from convkit.kernels.cpu import _openmp
-
-
-class KernelEngine:
-    """Calls a torch-free kernel module with torch tensors.
-
-    ``engine.<name>(*args)`` converts tensor arguments with ``to_array`` (zero-copy views),
-    calls ``kernels.<name>(*args, **launch_kwargs())`` and wraps array results with
-    ``to_tensor`` (zero-copy), tuples included.
-    """
-
-    def __init__(self, kernels, to_array: Callable, to_tensor: Callable,
-                 launch_kwargs: Callable[[], dict] = dict):
-        self.kernels = kernels
-        self.to_array = to_array
-        self.to_tensor = to_tensor
-        self.launch_kwargs = launch_kwargs
-
-    def __getattr__(self, name: str):
-        fn = getattr(self.kernels, name)
-
-        def call(*args):
-            args = [self.to_array(a) if isinstance(a, torch.Tensor) else a for a in args]
-            out = fn(*args, **self.launch_kwargs())
-            if isinstance(out, tuple):
-                return tuple(self.to_tensor(o) for o in out)
-            return self.to_tensor(out)
-
-        call.__name__ = name
-        self.__dict__[name] = call  # later lookups skip __getattr__
-        return call
-
-
-def _cpu_array(t: torch.Tensor):
-    if t.requires_grad or not t.is_contiguous():
-        t = t.detach().contiguous()  # detach() shares memory; contiguous() copies only if needed
-    return t.numpy()
-
-
-_threads = threading.local()
-
-
-def _cpu_launch_kwargs() -> dict:
-    """Keep Numba's thread count at torch's (torch.set_num_threads), capped by Numba's pool.
-
-    Both counts are per Python thread; Numba's is set again only when torch's changed (asking
-    Numba costs ~10 us a call)."""
-    torch_threads = torch.get_num_threads()
-    if getattr(_threads, "torch", None) != torch_threads:
-        want = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-        if numba.get_num_threads() != want:
-            numba.set_num_threads(want)
-        _threads.torch = torch_threads
-    return {}
-
-
-CPU_ENGINE = KernelEngine(_cpu_kernels, _cpu_array, torch.from_numpy, _cpu_launch_kwargs)
-
-# convkit's parallel CPU loops run on torch's own OpenMP pool when torch uses one (see
-# kernels.cpu._openmp: a second pool would fight torch's spin-waiting workers for the cores)
-if "parallel backend: OpenMP" in torch.__config__.parallel_info():
-    _openmp.install(_openmp.find_openmp_runtime(prefer="torch"))
-
-
-def engine_for(device: torch.device) -> KernelEngine:
-    """The kernel engine for tensors on ``device``; never copies between devices."""
-    if device.type == "cpu":
-        return CPU_ENGINE
-    if device.type == "cuda":
-        try:
-            from convkit._cuda import cuda_engine
-        except ImportError as e:
-            raise RuntimeError(
-                f"convkit: got a tensor on {device}, but the CUDA engine is not available ({e}). "
-                "Install the CUDA extra (pip install 'convkit[cuda]') on a machine with an NVIDIA "
-                "GPU, or move the model and inputs to the CPU.") from e
-        return cuda_engine(device)
-    raise RuntimeError(f"convkit: tensors on device {device} are not supported; "
-                       "expected a 'cpu' or 'cuda' device")
+from convkit.engine import engine_for
 
 
 class _PlainContext:

@@ -18,7 +18,7 @@ from convkit.autograd import (
     ReLUFunction,
     call_function,
 )
-from convkit.kernels.cpu import autotune
+from convkit.engine.algorithm import select_algorithm  # noqa: F401  (public name)
 from convkit.kernels.shapes import (
     ArgumentError,
     DtypeError,
@@ -75,23 +75,6 @@ def _float32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.float()
 
 
-def select_algorithm(input_shape: Sequence[int], weight_shape: Sequence[int], stride, padding,
-                     dilation, groups: int, dtype=torch.float32, device_type: str = "cpu",
-                     pass_name: str = "forward") -> str:
-    """The conv2d algorithm ``algorithm="auto"`` runs (or will run) for these arguments.
-
-    On the CPU, auto is a one-time measured choice per pass and shape
-    (``convkit.kernels.cpu.autotune``); before that shape has run, and on CUDA, it is the
-    heuristic: direct for short per-pixel reductions (C/groups*KH*KW < 32), im2col otherwise.
-    """
-    if device_type == "cpu":
-        got = autotune.chosen(autotune.key(pass_name, input_shape, weight_shape, stride, padding,
-                                           dilation, groups, str(dtype).replace("torch.", "")))
-        if got is not None:
-            return got
-    return autotune.heuristic(weight_shape)
-
-
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            stride: IntOrPair = 1, padding: Union[str, IntOrPair] = 0, dilation: IntOrPair = 1,
            groups: int = 1, *, algorithm: str = "auto") -> torch.Tensor:
@@ -100,7 +83,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     input: (N, C, H, W) or unbatched (C, H, W); weight: (K, C/groups, KH, KW); bias: (K,) or None.
     ``padding`` is an int, a pair, 'valid' or 'same' (stride 1 only; for an even effective kernel
     the extra row/column goes bottom/right, as torch). ``algorithm`` is "direct", "im2col" or
-    "auto" (see :func:`select_algorithm`).
+    "auto" (``convkit.engine.algorithm``: a fixed rule of the shape per pass, the same on every
+    device; :func:`select_algorithm` says which it picks).
     """
     return _conv2d(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups,
                    algorithm)
@@ -157,9 +141,6 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
     check_conv2d(tuple(input.shape), tuple(weight.shape),
                  None if bias is None else tuple(bias.shape),
                  stride, padding, dilation, groups)
-    if algorithm == "auto" and input.device.type != "cpu":
-        algorithm = select_algorithm(input.shape, weight.shape, stride, padding, dilation, groups,
-                                     input.dtype, input.device.type)
     y = call_function(function, input, weight, bias, stride, padding, dilation, groups,
                       algorithm)
     if _channels_last(input) or _channels_last(weight):

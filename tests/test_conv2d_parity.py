@@ -147,9 +147,10 @@ def test_conv2d_im2col_native_path_covers_both_dtypes():
     # (the other parity tests then exercise it; the fallback is tested below)
     import numpy as np
 
-    from convkit.kernels.cpu import blas, conv_im2col
+    from convkit.kernels.cpu import conv_im2col
+    from convkit.runtime import blas
 
-    if not blas.GEMM_ADDRESS:
+    if blas.gemm_address("f") is None:
         pytest.skip("numpy's BLAS has no ILP64 OpenBLAS cblas here")
     for dtype in (np.float32, np.float64):
         assert conv_im2col._native_ok(dtype, 1, 1, 1, 1)
@@ -160,9 +161,9 @@ def test_conv2d_im2col_native_path_covers_both_dtypes():
 def test_conv2d_im2col_numpy_gemm_fallback(monkeypatch, case, dtype):
     # where numpy's BLAS exposes no cblas (not OpenBLAS), im2col runs its GEMMs with
     # numpy.matmul on convkit's own threads: same numbers
-    from convkit.kernels.cpu import blas
+    from convkit.runtime import blas
 
-    monkeypatch.setattr(blas, "GEMM_ADDRESS", {})
+    monkeypatch.setattr(blas, "gemm_address", lambda char: None)
     test_conv2d_matches_torch(case, "im2col", dtype)
 
 
@@ -213,7 +214,8 @@ def test_conv2d_im2col_blocks_and_workers(monkeypatch):
     # a block budget of one image and three GEMM workers: one GEMM per image, images handed out
     # to whichever thread asks first, per-block partial weight gradients summed; results must
     # not change
-    from convkit.kernels.cpu import blas, conv_im2col
+    from convkit.kernels.cpu import conv_im2col
+    from convkit.runtime import blas
 
     x, w, b = torch.randn(5, 3, 9, 9, dtype=torch.float64), \
         torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
@@ -229,7 +231,8 @@ def test_conv2d_im2col_blocks_and_workers(monkeypatch):
 def test_conv2d_im2col_weight_gradient_is_deterministic(monkeypatch, dtype):
     # blocks go to whichever worker is free, so the reduction order must not follow the
     # workers: 1 or 3 workers, bitwise the same weight gradient every time
-    from convkit.kernels.cpu import blas, conv_im2col
+    from convkit.kernels.cpu import conv_im2col
+    from convkit.runtime import blas
 
     x = torch.randn(9, 4, 11, 11, dtype=dtype).numpy()
     gy = torch.randn(9, 6, 11, 11, dtype=dtype).numpy()

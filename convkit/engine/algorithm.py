@@ -1,60 +1,121 @@
-"""``algorithm="auto"`` on the CPU: a one-time measured choice between the direct and im2col
-kernels per pass and shape, cached like ``torch.backends.cudnn.benchmark``.
+"""``algorithm="auto"``: which conv2d kernel runs, decided here for every device.
 
-The first call with a new key runs each algorithm once to compile and warm it, then times them
-alternately AUTOTUNE_ROUNDS times and keeps each one's best time (robust to a busy machine);
-it returns the winner's result, and later calls with that key run only the winner.
-Problems under AUTOTUNE_MIN_MACS use :func:`heuristic` without timing: both
-kernels finish them in well under a millisecond, and timing noise would decide.
+By default auto is a fixed rule of the problem's shape (:func:`rule`), so the same command gives
+the same kernels, and the same bits, run after run. Each pass reduces over a different axis, so
+each has its own measure of how much work one output element gets:
+
+    forward           C/groups * KH * KW        (per output pixel)
+    backward_input    K/groups * KH * KW        (per input pixel: a transposed convolution)
+    backward_weight   K/groups * C/groups       (the channel pairs one tap's gradient couples)
+
+Under DIRECT_MAX_REDUCTION the direct loop nest wins (conv1 with one input channel, depthwise,
+3-channel image stems forward); above it, im2col + GEMM does. Tiny problems (under SMALL_MACS
+multiply-adds) run direct: no unfold and no BLAS call to pay for. Measured on the benchmark
+shapes (benchmarks/results/cpu-amd-epyc/full.md), this rule picks the faster kernel in every row
+where the two differ by more than 10 %.
+
+Like ``torch.backends.cudnn.benchmark``, timing is opt-in: with :func:`set_benchmark` (or
+CONVKIT_BENCHMARK=1) the first CPU call of a new pass and shape runs each kernel once to compile
+and warm it, times them alternately AUTOTUNE_ROUNDS times, keeps each one's best time and from then
+on runs the winner (the choice is per process, so it can differ between runs and machines).
+Problems under AUTOTUNE_MIN_MACS keep the rule. ``torch.use_deterministic_algorithms(True)``
+turns timing off.
 """
-import time
+from __future__ import annotations
 
-# multiply-adds below which auto trusts the heuristic instead of timing
-AUTOTUNE_MIN_MACS = 1 << 21
-# per-output-pixel reduction length (C/groups * KH * KW) below which the direct kernel is chosen
+import os
+import time
+from typing import Optional
+
+import torch
+
+from convkit.kernels.shapes import conv_output_size
+
+# multiply-adds under which direct runs: a fixed per-call cost (unfold buffers, a BLAS call)
+# outweighs the GEMM's speed there (the 'tiny' benchmark rows: im2col 1.9-3.2x direct's time)
+SMALL_MACS = 1 << 18
+# reduction length (see the module docstring) under which the direct kernel is chosen
 DIRECT_MAX_REDUCTION = 32
 
+# multiply-adds below which benchmark mode still trusts the rule instead of timing
+AUTOTUNE_MIN_MACS = 1 << 21
 # timed runs per algorithm on a new key; the minimum of each is compared
 AUTOTUNE_ROUNDS = 3
 
-CHOICES = {}
+PASSES = ("forward", "backward_input", "backward_weight")
+
+_benchmark = [os.environ.get("CONVKIT_BENCHMARK", "0") == "1"]
+CHOICES = {}  # key -> algorithm timing chose (benchmark mode)
 
 
-def heuristic(weight_shape) -> str:
-    """direct for short per-pixel reductions (depthwise, 1-channel input), im2col otherwise."""
-    _, Cg, KH, KW = weight_shape
-    return "direct" if Cg * KH * KW < DIRECT_MAX_REDUCTION else "im2col"
+def set_benchmark(enabled: bool) -> None:
+    """Turn timing-based choice of ``auto`` on or off (off by default; see module docstring)."""
+    _benchmark[0] = bool(enabled)
 
 
-def run(key, macs: int, weight_shape, call):
-    """Return ``call(algorithm)`` for the algorithm chosen for ``key`` (chosen once, cached)."""
-    alg = CHOICES.get(key)
-    if alg is not None:
-        return call(alg)
-    if macs < AUTOTUNE_MIN_MACS:
-        CHOICES[key] = alg = heuristic(weight_shape)
-        return call(alg)
-    algorithms = ("direct", "im2col")
-    times = {alg: float("inf") for alg in algorithms}
-    for alg in algorithms:
-        call(alg)
-    for _ in range(AUTOTUNE_ROUNDS):
-        for alg in algorithms:
-            t0 = time.perf_counter()
-            out = call(alg)
-            times[alg] = min(times[alg], time.perf_counter() - t0)
-    CHOICES[key] = alg = min(algorithms, key=times.get)
-    return out if alg == algorithms[-1] else call(alg)
+def benchmark_enabled() -> bool:
+    """Whether ``auto`` times the kernels (and deterministic algorithms are not requested)."""
+    return _benchmark[0] and not torch.are_deterministic_algorithms_enabled()
+
+
+def rule(pass_name: str, weight_shape, groups: int, macs: int) -> str:
+    """The deterministic choice: "direct" or "im2col" (see the module docstring)."""
+    K, Cg, KH, KW = weight_shape
+    if macs < SMALL_MACS:
+        return "direct"
+    Kg = K // groups
+    reduction = {"forward": Cg * KH * KW, "backward_input": Kg * KH * KW,
+                 "backward_weight": Kg * Cg}[pass_name]
+    return "direct" if reduction < DIRECT_MAX_REDUCTION else "im2col"
 
 
 def key(pass_name: str, input_shape, weight_shape, stride, padding, dilation, groups: int,
-        dtype_name: str) -> tuple:
-    """The cache key of one conv pass ("forward", "backward_input", "backward_weight"): the one
-    place it is built, for the kernels that fill CHOICES and for callers that read it."""
+        dtype) -> tuple:
+    """The cache key of one conv pass for benchmark mode."""
     return (pass_name, tuple(input_shape), tuple(weight_shape), tuple(stride), tuple(padding),
-            tuple(dilation), groups, dtype_name)
+            tuple(dilation), groups, str(dtype))
 
 
-def chosen(key: tuple) -> str:
-    """The algorithm auto ran for ``key`` (see :func:`key`), or None before that shape ran."""
-    return CHOICES.get(key)
+def run(pass_name: str, device_type: str, input_shape, weight_shape, conf, dtype, macs: int,
+        call):
+    """``call(algorithm)`` for the algorithm ``auto`` stands for on this pass and shape."""
+    stride, padding, dilation, groups = conf
+    if device_type != "cpu" or macs < AUTOTUNE_MIN_MACS or not benchmark_enabled():
+        return call(rule(pass_name, weight_shape, groups, macs))
+    k = key(pass_name, input_shape, weight_shape, stride, padding, dilation, groups, dtype)
+    alg = CHOICES.get(k)
+    if alg is not None:
+        return call(alg)
+    algorithms = ("direct", "im2col")
+    times = {a: float("inf") for a in algorithms}
+    for a in algorithms:
+        call(a)
+    for _ in range(AUTOTUNE_ROUNDS):
+        for a in algorithms:
+            t0 = time.perf_counter()
+            out = call(a)
+            times[a] = min(times[a], time.perf_counter() - t0)
+    CHOICES[k] = alg = min(algorithms, key=times.get)
+    return out if alg == algorithms[-1] else call(alg)
+
+
+def select_algorithm(input_shape, weight_shape, stride, padding, dilation, groups: int,
+                     dtype=torch.float32, device_type: str = "cpu",
+                     pass_name: str = "forward") -> str:
+    """The algorithm ``auto`` runs (or will run) for this pass and shape: the timed choice where
+    benchmark mode made one, the rule otherwise."""
+    if pass_name not in PASSES:
+        raise ValueError(f"pass_name must be one of {PASSES}, got {pass_name!r}")
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    chosen: Optional[str] = None
+    if device_type == "cpu":
+        chosen = CHOICES.get(key(pass_name, input_shape, weight_shape, stride, padding, dilation,
+                                 groups, dtype))
+    if chosen is not None:
+        return chosen
+    N, C, H, W = input_shape
+    K, _, KH, KW = weight_shape
+    OH = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+    OW = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+    macs = N * K * OH * OW * (C // groups) * KH * KW
+    return rule(pass_name, weight_shape, groups, macs)

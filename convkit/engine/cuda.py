@@ -1,4 +1,4 @@
-"""torch <-> numba.cuda glue: the KernelEngine ``convkit.autograd`` uses for CUDA tensors.
+"""torch <-> numba.cuda glue: the KernelEngine for CUDA tensors.
 
 Nothing is copied between host and device, and nothing synchronises:
 - inputs are viewed with ``numba.cuda.as_cuda_array`` (zero copy; ``sync=False`` because the
@@ -9,7 +9,8 @@ Nothing is copied between host and device, and nothing synchronises:
   stream with ``numba.cuda.external_stream``, so convkit ops are ordered with torch's own.
 
 Importing this module needs a working numba.cuda (the ``numba-cuda`` package, see the README);
-``convkit.autograd`` turns an ImportError here into a RuntimeError that says what to install.
+``convkit.engine.engine_for`` turns an ImportError here into a RuntimeError that says what to
+install.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from numba import cuda
 
 import convkit.kernels.cuda as cuda_kernels
-from convkit.autograd import KernelEngine
+from convkit.engine import KernelEngine
 
 if not cuda.is_available():
     raise ImportError("numba.cuda cannot use a GPU here: "
@@ -75,7 +76,8 @@ def _engine(index: int) -> KernelEngine:
     def to_tensor(arr):
         return torch.as_tensor(arr, device=device)
 
-    return KernelEngine(kernels=_OnDevice(device), to_array=_to_array, to_tensor=to_tensor,
+    return KernelEngine("cuda", kernels=_OnDevice(device), to_array=_to_array,
+                        to_tensor=to_tensor,
                         launch_kwargs=launch_kwargs)
 
 

@@ -5,22 +5,30 @@ OpenMP pool and Numba's workers on a 2-core machine the three pools steal each o
 (measured here: SimpleCNN's training step with im2col convs 144 ms with OpenBLAS' default
 threads, 53 ms with one). So convkit runs each BLAS call single-threaded (OpenBLAS' thread count
 is set to 1 for the duration of a convkit GEMM batch and restored afterwards) and gets its
-parallelism by splitting the work into independent GEMMs run from a thread pool: BLAS releases
-the GIL. Where numpy's BLAS is not OpenBLAS the thread count is left alone.
+parallelism by splitting the work into independent GEMMs (Numba workers calling ``cblas_?gemm``
+by address, or numpy.matmul from a thread pool: BLAS releases the GIL). Where numpy's BLAS is not
+OpenBLAS the thread count is left alone. The thread count is process-wide in OpenBLAS: another
+Python thread's numpy call that overlaps a convkit GEMM batch runs single-threaded too.
+CONVKIT_BLAS_ONE_THREAD=0 leaves OpenBLAS' thread count alone (then expect oversubscription).
+Nothing is looked up at import: the libraries are found on the first GEMM.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
 
+import convkit.runtime as runtime
+
 _pool = None
 _pool_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=None)
 def _openblas_libraries():
     """The OpenBLAS shared libraries loaded in this process (numpy's), opened with ctypes."""
     import numpy  # noqa: F401  (make sure numpy's BLAS is loaded before looking for it)
@@ -37,15 +45,13 @@ def _openblas_libraries():
             libs.append(ctypes.CDLL(path))
         except OSError:
             continue
-    return libs
+    return tuple(libs)
 
 
-_OPENBLAS = _openblas_libraries()
-
-
-def _find_openblas_threads():
+@functools.lru_cache(maxsize=None)
+def _openblas_threads():
     """(get, set) for the thread count of the OpenBLAS loaded by numpy, or (None, None)."""
-    for lib in _OPENBLAS:
+    for lib in _openblas_libraries():
         for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
                                ("openblas", "64_"), ("openblas", "")):
             get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
@@ -57,15 +63,13 @@ def _find_openblas_threads():
     return None, None
 
 
-_get_threads, _set_threads = _find_openblas_threads()
-
-
-def _find_cblas_gemm():
+@functools.lru_cache(maxsize=None)
+def _cblas_gemm():
     """{numpy dtype char ("f", "d"): address} of numpy's ILP64 OpenBLAS cblas_sgemm / cblas_dgemm,
     called from Numba kernels (see ``_native.cblas_gemm``); empty when numpy's BLAS is not such a
     build."""
     found = {}
-    for lib in _OPENBLAS:
+    for lib in _openblas_libraries():
         for char, blas_char in (("f", "s"), ("d", "d")):
             for name in (f"scipy_cblas_{blas_char}gemm64_", f"cblas_{blas_char}gemm64_"):
                 fn = getattr(lib, name, None)
@@ -74,20 +78,25 @@ def _find_cblas_gemm():
     return found
 
 
-GEMM_ADDRESS = _find_cblas_gemm()
+def gemm_address(dtype_char: str):
+    """Address of numpy's ILP64 ``cblas_?gemm`` for numpy dtype char "f" or "d", or None (then
+    the im2col kernels use their numpy.matmul pipeline)."""
+    return _cblas_gemm().get(dtype_char)
 
 
 @contextmanager
 def single_threaded():
-    if _set_threads is None:
+    """OpenBLAS at one thread for the duration (restored after); see the module docstring."""
+    get_threads, set_threads = _openblas_threads()
+    if set_threads is None or not runtime.enabled("CONVKIT_BLAS_ONE_THREAD"):
         yield
         return
-    before = _get_threads()
-    _set_threads(1)
+    before = get_threads()
+    set_threads(1)
     try:
         yield
     finally:
-        _set_threads(before)
+        set_threads(before)
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -97,12 +106,6 @@ def _executor() -> ThreadPoolExecutor:
             _pool = ThreadPoolExecutor(numba.config.NUMBA_NUM_THREADS,
                                        thread_name_prefix="convkit-gemm")
         return _pool
-
-
-def split(n: int, parts: int):
-    """Split range(n) into at most ``parts`` contiguous (start, stop) pieces."""
-    parts = max(1, min(parts, n))
-    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 
 def workers(flops: int) -> int:

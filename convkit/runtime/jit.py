@@ -4,14 +4,9 @@ Waking Numba's thread pool costs microseconds when the machine is idle and far m
 cores are busy; below PARALLEL_MIN_WORK inner-loop steps the serial twin is faster. The twin is a
 copy of the function under another name, so each keeps its own on-disk cache entry.
 
-Threading layer: Numba's OpenMP pool spin-waits after each parallel region, and so does torch's
-own pool; on a 2-core machine the two steal each other's cores (measured here: SimpleCNN's
-training step 107 ms with 'omp', 72 ms with 'workqueue', torch's own ops unaffected). So convkit
-selects the 'workqueue' layer unless NUMBA_THREADING_LAYER says otherwise. workqueue does not
-allow two parallel regions at once, so parallel launches are serialised with a lock (a second
-Python thread waits instead of aborting the process). Where torch runs on OpenMP, convkit then
-points Numba's parallel loops at torch's own OpenMP pool (``_openmp``): workqueue keeps only the
-bookkeeping (thread counts, scheduling).
+Every parallel launch goes through :func:`parallel_call`: it runs ``convkit.runtime.setup()`` the
+first time (threading layer, OpenMP routing: see ``threads`` and ``openmp``) and serialises
+launches (the workqueue layer allows one parallel region at a time).
 
 Branch-free kernels: LLVM's x86 backend turns selects into branches when it guesses them
 predictable (CodeGenPrepare's select-to-branch and the x86 cmov converter). For an arg-max over
@@ -19,8 +14,8 @@ random data the guess is wrong and every other tap mispredicts (max-pool forward
 1.7 ms on N64 C32 28^2, measured here). ``twin(branchless=True)`` compiles its kernels with both
 rewrites switched off; the switch is process-wide in LLVM, so it is set only while convkit
 compiles such a kernel (the first call per argument types) and restored right after.
+CONVKIT_BRANCHLESS=0 compiles them with LLVM's defaults instead.
 """
-import os
 import threading
 import types
 
@@ -28,10 +23,8 @@ import llvmlite.binding as llvm
 import numba
 from numba import njit
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-
-_PARALLEL_LOCK = threading.Lock()
+import convkit.runtime as runtime
+from convkit.runtime.threads import PARALLEL_LOCK
 
 # inner-loop iterations (multiply-adds or element copies) below which the serial twin runs:
 # waking the workqueue pool costs ~35 us here, about 2^18 simple loop steps
@@ -42,6 +35,14 @@ PARALLEL_MIN_WORK = 1 << 18
 _BRANCHLESS = (("-x86-cmov-converter", "false", "true"),
                ("-disable-cgp-select2branch", "true", "false"))
 _COMPILE_LOCK = threading.Lock()
+
+
+def parallel_call(dispatcher, *args):
+    """``dispatcher(*args)`` for a ``parallel=True`` kernel: process setup on the first launch,
+    one parallel region at a time."""
+    runtime.setup()
+    with PARALLEL_LOCK:
+        return dispatcher(*args)
 
 
 def _set_llvm_options(which: int) -> None:
@@ -61,7 +62,7 @@ class Twin:
         # threads at once
         self.serial = njit(cache=True, nogil=True, **options)(serial)
         self.__doc__ = fn.__doc__
-        self._branchless = branchless
+        self._branchless = branchless and runtime.enabled("CONVKIT_BRANCHLESS")
         self._ready = False  # branch-free: compiled once, and Numba's own compiling disabled
 
     def _compile(self, args) -> None:
@@ -82,8 +83,7 @@ class Twin:
     def _launch(self, work, args):
         if work < PARALLEL_MIN_WORK:
             return self.serial(*args)
-        with _PARALLEL_LOCK:
-            return self.parallel(*args)
+        return parallel_call(self.parallel, *args)
 
     def __call__(self, work, *args):
         if not self._branchless:

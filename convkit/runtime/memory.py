@@ -18,6 +18,9 @@ recycled memory.
   that they and the new one stay within CACHE_MAX_FREE_BYTES; ``empty_cache`` drops them all.
   Buffers in use are never capped (they are the caller's results); beyond CACHE_MAX_RECORDS
   buffers of one size alive at once, further results are plain arrays the cache does not track.
+  The "only reference" test is sound on CPython with the GIL only: on free-threaded CPython
+  (3.13t/3.14t) reference counts of shared objects are deferred and biased, and PyPy has none,
+  so there the cache is off (``CACHE_SOUND``) and ``empty`` is ``numpy.empty``.
 """
 import os
 import sys
@@ -39,10 +42,13 @@ def scratch(name: str, n: int, dtype) -> np.ndarray:
     return buf[:n]
 
 
-def release() -> None:
-    """Drop this thread's scratch buffers."""
-    _local.__dict__.pop("buffers", None)
+def refcount_is_exact() -> bool:
+    """True where ``sys.getrefcount`` tells exactly who holds an object: CPython with the GIL."""
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return sys.implementation.name == "cpython" and gil
 
+
+CACHE_SOUND = refcount_is_exact()
 
 # results of fewer bytes come straight from numpy.empty (small blocks are recycled by malloc)
 CACHE_MIN_BYTES = 1 << 18
@@ -65,7 +71,7 @@ def empty(shape, dtype) -> np.ndarray:
     nbytes = dtype.itemsize
     for n in shape:
         nbytes *= n
-    if nbytes < CACHE_MIN_BYTES or CACHE_MAX_FREE_BYTES <= 0:
+    if nbytes < CACHE_MIN_BYTES or CACHE_MAX_FREE_BYTES <= 0 or not CACHE_SOUND:
         return np.empty(shape, dtype=dtype)
     with _cache_lock:
         _tick[0] += 1

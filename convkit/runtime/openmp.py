@@ -17,9 +17,10 @@ layer (thread counts, scheduling) stays Numba's workqueue layer. Kernels linked 
 (compiled or loaded from Numba's cache) use the OpenMP pool; call install before the first
 parallel kernel runs.
 
-This module does not import torch: the autograd layer names torch's libgomp
-(:func:`find_openmp_runtime`) when torch's parallel backend is OpenMP. CONVKIT_OPENMP=0 turns it
-off. The cfuncs hold this process's function addresses, so they are compiled once per process
+This module does not import torch: the engine (``convkit.engine.cpu``) names torch's libgomp
+(:func:`find_openmp_runtime`) when torch's parallel backend is OpenMP, and ``convkit.runtime.setup``
+installs it on the first parallel kernel launch. CONVKIT_OPENMP=0 turns it off. The cfuncs hold
+this process's function addresses, so they are compiled once per process
 (well under a second) and never cached.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Numba intrinsics for kernels that call BLAS themselves and share work between threads.
 
 ``cblas_gemm`` calls numpy's OpenBLAS ``cblas_?gemm`` through an address passed at run time (see
-``blas.GEMM_ADDRESS``), so compiled code holds no process-specific address and can be cached;
+``convkit.runtime.blas.gemm_address``), so compiled code holds no process-specific address and can
+be cached;
 ``fetch_add`` hands out work items (image blocks, scratch slots) atomically to whichever thread
 asks first; ``voidptr`` turns an address into a pointer for ``numba.carray``.
 """

@@ -34,9 +34,9 @@ results are deterministic.
 import numpy as np
 from numba import njit, prange
 
-from convkit.kernels.cpu._jit import twin
-from convkit.kernels.cpu._workspace import empty
 from convkit.kernels.cpu.relu import relu_value
+from convkit.runtime.jit import twin
+from convkit.runtime.memory import empty
 
 
 @njit(inline="always")

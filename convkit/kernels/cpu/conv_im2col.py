@@ -19,25 +19,25 @@ Wg = w[g*Kg:(g+1)*Kg].reshape(Kg, R):
                                                              is stored (R, nb*P) and gy copied to
                                                              (K, nb*P), so the reduction is long
 
-Each of T workers takes the next block of images (an atomic counter) and runs unfold -> GEMM
-(-> fold) on it while the block is hot in its core's cache. The workers are Numba functions that
-call numpy's OpenBLAS ``cblas_?gemm`` themselves (single-threaded; see ``_native``), started as
-one parallel loop over the workers, so they run on the same pool as every other convkit loop
-(torch's OpenMP pool, see ``_openmp``). Where numpy's BLAS has no such cblas, the same pipeline
-runs with numpy.matmul on convkit's own threads (``_forward_numpy`` and friends). col2im walks one
-(n, c) input plane at a time, adding every tap that lands in it in a fixed order, and the weight
-gradient keeps one partial per block, summed in block order: deterministic whichever worker
+Each of T workers takes the next block of images (an atomic counter) and runs unfold -> GEMM (->
+fold) on it while the block is hot in its core's cache. The workers are Numba functions that call
+numpy's OpenBLAS ``cblas_?gemm`` themselves (single-threaded; see ``_native``), started as one
+parallel loop over the workers, so they run on the same pool as every other convkit loop (torch's
+OpenMP pool, see ``convkit.runtime.openmp``). Where numpy's BLAS has no such cblas, the same
+pipeline runs with numpy.matmul on convkit's own threads (``_forward_numpy`` and friends). col2im
+walks one (n, c) input plane at a time, adding every tap that lands in it in a fixed order, and the
+weight gradient keeps one partial per block, summed in block order: deterministic whichever worker
 takes which block.
 """
 import numpy as np
 from numba import carray, njit, prange
 
-from convkit.kernels.cpu import _workspace, blas
-from convkit.kernels.cpu._jit import _PARALLEL_LOCK
 from convkit.kernels.cpu._native import cblas_gemm, fetch_add, voidptr
-from convkit.kernels.cpu._workspace import empty
 from convkit.kernels.cpu.conv_direct import transposed_filter, transposed_padding
 from convkit.kernels.cpu.relu import relu_value
+from convkit.runtime import blas, memory
+from convkit.runtime.jit import parallel_call
+from convkit.runtime.memory import empty
 
 # Unfolded images per block: each GEMM worker unfolds a block this size (at least one image) and
 # multiplies it at once, while it is still in that core's L2 cache. The unfolded memory in use is
@@ -410,18 +410,18 @@ _PASSES = {"forward": (_forward_worker, _forward_team),
 
 
 def _native_ok(dtype, *sizes) -> bool:
-    return np.dtype(dtype).char in blas.GEMM_ADDRESS and min(sizes) > 0
+    return blas.gemm_address(np.dtype(dtype).char) is not None and min(sizes) > 0
 
 
 def _run(pass_name, args, dtype, T):
     """T workers, each taking image blocks until none is left: a parallel loop over the workers
-    (on the OpenMP pool where ``_openmp`` installed it), or the worker alone for T == 1."""
+    (on the OpenMP pool where ``convkit.runtime.openmp`` installed it), or the worker alone for
+    T == 1."""
     worker, team = _PASSES[pass_name]
     one = np.ones(1, dtype=dtype)
     with blas.single_threaded():
         if T > 1:
-            with _PARALLEL_LOCK:
-                team(args, one, T)
+            parallel_call(team, args, one, T)
         else:
             worker(args, one)
 
@@ -433,7 +433,7 @@ def _args(x_shape, w_shape, conf, out_hw, nb, dtype, **addresses):
     a[_K], a[_CG], a[_KH], a[_KW] = w_shape
     a[_SH:_DW + 1] = (sh, sw, ph, pw, dh, dw)
     a[_OH], a[_OW], a[_G], a[_NB] = out_hw[0], out_hw[1], G, nb
-    a[_GEMM] = blas.GEMM_ADDRESS[np.dtype(dtype).char]
+    a[_GEMM] = blas.gemm_address(np.dtype(dtype).char)
     for name, value in addresses.items():
         a[globals()["_" + name.upper()]] = value
     return a
@@ -450,7 +450,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
     nb = _block(N, C * KH * KW, P, x.itemsize)
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
-    scratch = _workspace.scratch("im2col", T * nb * C * KH * KW * P, x.dtype)
+    scratch = memory.scratch("im2col", T * nb * C * KH * KW * P, x.dtype)
     wc = np.ascontiguousarray(w)
     args = _args(x.shape, w.shape, (stride, padding, dilation, groups), out_hw, nb, x.dtype,
                  x=x.ctypes.data, wt=wc.ctypes.data, b=0 if b is None else b.ctypes.data,
@@ -479,7 +479,7 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     nb = _block(N, C * KH * KW, P, gy.itemsize)
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
-    scratch = _workspace.scratch("im2col", T * nb * C * KH * KW * P, gy.dtype)
+    scratch = memory.scratch("im2col", T * nb * C * KH * KW * P, gy.dtype)
     wc = np.ascontiguousarray(w)
     args = _args(input_shape, w.shape, (stride, padding, dilation, groups), (OH, OW), nb,
                  gy.dtype, x=gx.ctypes.data, wt=wc.ctypes.data, y=gy.ctypes.data,
@@ -500,8 +500,8 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     nb = max(nb, -(-N * K * R * x.itemsize // PARTIALS_BYTES))  # bound the partials
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * R * P))
-    scratch = _workspace.scratch("im2col", T * nb * (C * KH * KW + K) * P, x.dtype)
-    partials = _workspace.scratch("partials", nblocks * K * R, x.dtype).reshape(nblocks, K, R)
+    scratch = memory.scratch("im2col", T * nb * (C * KH * KW + K) * P, x.dtype)
+    partials = memory.scratch("partials", nblocks * K * R, x.dtype).reshape(nblocks, K, R)
     args = _args(x.shape, weight_shape, (stride, padding, dilation, groups), (OH, OW), nb,
                  x.dtype, x=x.ctypes.data, y=gy.ctypes.data, scratch=scratch.ctypes.data,
                  partials=partials.ctypes.data)

@@ -11,7 +11,8 @@ The forward kernel compares integer keys, not floats: the key of a float's bit p
 ``(b ^ (sign & MAG)) - sign`` (sign = b >> (bits - 1), MAG = 2^(bits-1) - 1), which orders like
 the floats with -0.0 == 0.0, and NaN gets the largest key. Integer selects compile to conditional
 moves; float selects compile to branches on x86, and an arg-max over real data mispredicts about
-every other tap (see ``_jit``: this kernel is compiled branch-free). Windows fully inside the plane
+every other tap (see ``convkit.runtime.jit``: this kernel is compiled branch-free). Windows fully
+inside the plane
 take an unrolled path for the common 2x2 / 3x3 kernels; border windows clip their taps.
 
 2x2 windows with stride 2 and no padding or dilation over an even width (SimpleCNN's pools, most
@@ -23,9 +24,9 @@ vectorise (~35-40 % faster than the general kernel on SimpleCNN's pools, measure
 import numpy as np
 from numba import njit, prange
 
-from convkit.kernels.cpu._jit import twin
-from convkit.kernels.cpu._workspace import empty
 from convkit.kernels.shapes import pool_output_size
+from convkit.runtime.jit import twin
+from convkit.runtime.memory import empty
 
 _NAN_KEY = np.iinfo(np.int64).max
 _INT_DTYPE = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}

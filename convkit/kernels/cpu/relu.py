@@ -7,8 +7,8 @@ grad_input = grad_output where y > 0, 0 where y <= 0
 import numpy as np
 from numba import njit, prange
 
-from convkit.kernels.cpu._jit import twin
-from convkit.kernels.cpu._workspace import empty
+from convkit.runtime.jit import twin
+from convkit.runtime.memory import empty
 
 # elements per unit of work: ReLU is memory-bound, one core already streams it at full speed
 # (measured: 1.6M floats serial 0.19 ms, parallel 0.20 ms), so only very large arrays split

@@ -1,6 +1,8 @@
-"""The CPU kernels' result cache (kernels/cpu/_workspace.py): a cached buffer is handed out again
+"""The CPU kernels' result cache (convkit/runtime/memory.py): a cached buffer is handed out again
 only once nothing refers to it, free buffers stay bounded, and results stay correct while earlier
 ones are alive."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch.nn.functional as F
 
 import convkit
 import convkit.functional as CF
-from convkit.kernels.cpu import _workspace
+from convkit.runtime import memory as _workspace
 
 BIG = (64, 1024)  # 256 KiB of float32: at the caching threshold
 
@@ -168,3 +170,21 @@ def test_results_kept_alive_beyond_the_tracked_count(monkeypatch):
     address = kept[0].ctypes.data
     del kept[0]
     assert _workspace.empty(BIG, np.float32).ctypes.data == address  # tracked ones still reused
+
+
+def test_cache_sound_only_on_cpython_with_the_gil():
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    assert _workspace.CACHE_SOUND == (sys.implementation.name == "cpython" and gil)
+
+
+def test_cache_off_where_refcounts_are_not_exact(monkeypatch):
+    # free-threaded CPython / PyPy: no cached buffers, every result a fresh array
+    monkeypatch.setattr(_workspace, "CACHE_SOUND", False)
+    used, free = _workspace.cached_bytes()
+    a = _workspace.empty(BIG, np.float32)
+    del a
+    b = _workspace.empty(BIG, np.float32)
+    c = _workspace.empty(BIG, np.float32)
+    assert b.base is None and c.base is None  # plain numpy.empty, not views of cached buffers
+    assert not np.shares_memory(b, c)
+    assert _workspace.cached_bytes() == (used, free)

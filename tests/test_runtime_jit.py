@@ -1,4 +1,4 @@
-"""Twin kernels (kernels/cpu/_jit.py): branch-free twins compile each new argument type
+"""Twin kernels (convkit/runtime/jit.py): branch-free twins compile each new argument type
 branch-free and never through Numba's implicit compile. autograd.call_function: Functions called
 plainly when nothing needs a graph give the same results as recorded ones."""
 import numpy as np
@@ -9,7 +9,7 @@ from numba import prange
 
 import convkit.functional as CF
 from convkit.kernels.cpu import pool
-from convkit.kernels.cpu._jit import twin
+from convkit.runtime.jit import twin
 
 
 def test_branchless_twin_compiles_each_type_once_then_refuses_implicit_compiles():

@@ -1,0 +1,115 @@
+"""The only code that knows both torch and convkit's kernels.
+
+``engine_for(device)`` gives the :class:`KernelEngine` for tensors on that device: it turns
+tensors into the kernels' arrays (zero-copy views), resolves ``algorithm="auto"``
+(``convkit.engine.algorithm``, the same rule on every device), calls the torch-free kernel
+module (``convkit.kernels.cpu`` or ``convkit.kernels.cuda``: one contract) and wraps the results
+back as tensors. Device specifics live in ``engine/cpu.py`` (threads follow torch, process setup on
+the first call) and ``engine/cuda.py`` (torch's streams and allocator).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from convkit.engine import algorithm as _algorithm
+from convkit.kernels.shapes import conv_output_size
+
+
+class KernelEngine:
+    """Calls a torch-free kernel module with torch tensors.
+
+    ``engine.<name>(*args)`` converts tensor arguments with ``to_array`` (zero-copy views),
+    calls ``kernels.<name>(*args, **launch_kwargs())`` and wraps array results with
+    ``to_tensor`` (zero-copy), tuples included. The three conv passes first resolve
+    ``algorithm="auto"`` to "direct" or "im2col".
+    """
+
+    def __init__(self, device_type: str, kernels, to_array: Callable, to_tensor: Callable,
+                 launch_kwargs: Callable[[], dict] = dict):
+        self.device_type = device_type
+        self.kernels = kernels
+        self.to_array = to_array
+        self.to_tensor = to_tensor
+        self.launch_kwargs = launch_kwargs
+        self._conv_kernels = {name: self._wrap(name) for name in
+                              ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight")}
+
+    def __getattr__(self, name: str):
+        call = self._wrap(name)
+        self.__dict__[name] = call  # later lookups skip __getattr__
+        return call
+
+    def _wrap(self, name: str):
+        """The kernel ``name`` taking and returning tensors."""
+        fn = getattr(self.kernels, name)
+
+        def call(*args, **kwargs):
+            args = [self.to_array(a) if isinstance(a, torch.Tensor) else a for a in args]
+            out = fn(*args, **kwargs, **self.launch_kwargs())
+            if isinstance(out, tuple):
+                return tuple(self.to_tensor(o) for o in out)
+            return self.to_tensor(out)
+
+        call.__name__ = name
+        return call
+
+    def _conv(self, pass_name, algorithm, x_shape, w_shape, y_shape, conf, dtype, call):
+        """``call(algorithm)`` with "auto" resolved (see ``convkit.engine.algorithm``)."""
+        if algorithm == "auto":
+            macs = math.prod(y_shape) * math.prod(w_shape[1:])
+            return _algorithm.run(pass_name, self.device_type, x_shape, w_shape, conf, dtype,
+                                  macs, call)
+        return call(algorithm)
+
+    def conv2d_forward(self, x, w, b, stride, padding, dilation, groups, algorithm,
+                       relu=False):
+        """y = conv2d(x, w, b) (then ReLU when ``relu``), as the kernels' conv2d_forward."""
+        conf = (stride, padding, dilation, groups)
+        y_shape = (x.shape[0], w.shape[0],
+                   conv_output_size(x.shape[2], w.shape[2], stride[0], padding[0], dilation[0]),
+                   conv_output_size(x.shape[3], w.shape[3], stride[1], padding[1], dilation[1]))
+        kernel = self._conv_kernels["conv2d_forward"]
+        return self._conv("forward", algorithm, x.shape, w.shape, y_shape, conf, x.dtype,
+                          lambda alg: kernel(x, w, b, *conf, alg, relu))
+
+    def conv2d_backward_input(self, gy, w, input_shape, stride, padding, dilation, groups,
+                              algorithm):
+        """grad_input, as the kernels' conv2d_backward_input."""
+        conf = (stride, padding, dilation, groups)
+        kernel = self._conv_kernels["conv2d_backward_input"]
+        input_shape = tuple(input_shape)
+        return self._conv("backward_input", algorithm, input_shape, w.shape, gy.shape, conf,
+                          gy.dtype, lambda alg: kernel(gy, w, input_shape, *conf, alg))
+
+    def conv2d_backward_weight(self, x, gy, weight_shape, stride, padding, dilation, groups,
+                               algorithm):
+        """grad_weight, as the kernels' conv2d_backward_weight."""
+        conf = (stride, padding, dilation, groups)
+        kernel = self._conv_kernels["conv2d_backward_weight"]
+        weight_shape = tuple(weight_shape)
+        return self._conv("backward_weight", algorithm, x.shape, weight_shape, gy.shape, conf,
+                          x.dtype, lambda alg: kernel(x, gy, weight_shape, *conf, alg))
+
+
+def engine_for(device: torch.device) -> KernelEngine:
+    """The kernel engine for tensors on ``device``; never copies between devices."""
+    if device.type == "cpu":
+        from convkit.engine.cpu import CPU_ENGINE
+        return CPU_ENGINE
+    if device.type == "cuda":
+        try:
+            from convkit.engine.cuda import cuda_engine
+        except ImportError as e:
+            raise RuntimeError(
+                f"convkit: got a tensor on {device}, but the CUDA engine is not available ({e}). "
+                "Install the CUDA extra (pip install 'convkit[cuda]') on a machine with an NVIDIA "
+                "GPU, or move the model and inputs to the CPU.") from e
+        return cuda_engine(device)
+    raise RuntimeError(f"convkit: tensors on device {device} are not supported; "
+                       "expected a 'cpu' or 'cuda' device")
+
+
+__all__ = ["KernelEngine", "engine_for"]
