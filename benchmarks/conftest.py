@@ -12,7 +12,9 @@ Every benchmark validates its implementation against torch on the same tensors b
 import pytest
 import torch
 
-from convkit import bench
+from convkit.bench.cases import build_cases
+from convkit.bench.harness import TF32, TOLERANCE, Timer, first_call
+from convkit.bench.shapes import all_shapes
 
 
 def pytest_addoption(parser):
@@ -26,7 +28,7 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if not config.getoption("--bench-quick"):
         return
-    quick = {s.name for s in bench.all_shapes() if s.quick}
+    quick = {s.name for s in all_shapes() if s.quick}
     keep, drop = [], []
     for item in items:
         shape = getattr(item, "callspec", None) and item.callspec.params.get("shape")
@@ -58,17 +60,15 @@ def run_case(benchmark, bench_device):
         if impl == "torch-tf32" and bench_device.type != "cuda":
             pytest.skip("the TF32 column exists on CUDA only")
         algorithms = () if impl.startswith("torch") else (impl,)
-        cases = bench.build_cases(shape, op, bench_device, algorithms,
-                                  tf32_column=impl == "torch-tf32")
+        cases = build_cases(shape, op, bench_device, algorithms,
+                            tf32_column=impl == "torch-tf32")
         case = next(c for c in cases if c.impl == impl)
-        if case.run is None:
-            pytest.skip(case.note)
-        timer = bench.Timer(bench_device)
+        timer = Timer(bench_device)
         reference = None
         if not case.is_torch:
-            _, reference, _ = bench.first_call(cases[0], timer)
-        seconds, _, err = bench.first_call(case, timer, reference)
-        tol = bench.TOLERANCE[torch.float32]
+            _, reference, _ = first_call(cases[0], timer)
+        seconds, _, err = first_call(case, timer, reference)
+        tol = TOLERANCE[torch.float32]
         if err is not None and not err <= tol:
             pytest.fail(f"{shape.name} {op} {impl}: max relative error {err:.2e} > {tol:.0e}; "
                         "not timed")
@@ -81,7 +81,7 @@ def run_case(benchmark, bench_device):
             case.run()
             timer.sync()
 
-        with bench._TF32(case.tf32):
+        with TF32(case.tf32):
             benchmark(call)
         if case.choice is not None:
             benchmark.extra_info["auto_choice"] = case.choice()

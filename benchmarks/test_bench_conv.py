@@ -1,8 +1,8 @@
 """conv2d forward, backward-input, backward-weight and forward+backward: torch vs each convkit
-algorithm, on every conv shape of the table (convkit.bench.CONV_SHAPES)."""
+algorithm, on every conv shape of the table (convkit.bench.shapes.CONV_SHAPES)."""
 import pytest
 
-from convkit.bench import ALGORITHMS, CONV_OPS, CONV_SHAPES
+from convkit.bench.shapes import ALGORITHMS, CONV_OPS, CONV_SHAPES
 
 
 @pytest.mark.parametrize("impl", ("torch", "torch-tf32", *ALGORITHMS))

@@ -1,8 +1,8 @@
 """ReLU and 2x2 max-pool, forward and backward, at SimpleCNN's activation sizes: torch vs
-convkit (convkit.bench.PLANE_SHAPES)."""
+convkit (convkit.bench.shapes.PLANE_SHAPES)."""
 import pytest
 
-from convkit.bench import PLANE_SHAPES, POOL_OPS, RELU_OPS
+from convkit.bench.shapes import PLANE_SHAPES, POOL_OPS, RELU_OPS
 
 
 @pytest.mark.parametrize("impl", ("torch", "convkit"))

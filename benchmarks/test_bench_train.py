@@ -1,8 +1,8 @@
 """One SimpleCNN training step (forward, cross-entropy, backward, Adam) with torch's layers vs
-every conv/ReLU/pool from convkit, per conv algorithm (convkit.bench.TRAIN_SHAPES)."""
+every conv/ReLU/pool from convkit, per conv algorithm (convkit.bench.shapes.TRAIN_SHAPES)."""
 import pytest
 
-from convkit.bench import ALGORITHMS, TRAIN_SHAPES
+from convkit.bench.shapes import ALGORITHMS, TRAIN_SHAPES
 
 
 @pytest.mark.parametrize("impl", ("torch", "torch-tf32", *ALGORITHMS))

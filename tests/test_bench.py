@@ -1,4 +1,4 @@
-"""The benchmark harness itself (convkit/bench.py) on tiny shapes: it runs, validates, writes
+"""The benchmark harness itself (convkit/bench/) on tiny shapes: it runs, validates, writes
 every field, and its ratios are the ratios of the times it prints. No timing is asserted."""
 import json
 import os
@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 
-from convkit import bench
+from convkit.bench import cases, cli, harness, report, runner, shapes
 
-TINY_PLANE = bench.PlaneShape("tiny-plane", 2, 3, 6, 6)
-TINY_TRAIN = bench.TrainShape("tiny-train", 2)
-FAST = bench.Settings(min_time=0.0, min_reps=2, warmup_time=0.0)
-FAST_INTERLEAVED = bench.Settings(min_time=0.0, min_reps=2, warmup_time=0.0, interleave=True)
+TINY_PLANE = shapes.PlaneShape("tiny-plane", 2, 3, 6, 6)
+TINY_TRAIN = shapes.TrainShape("tiny-train", 2)
+FAST = harness.Settings(min_time=0.0, min_reps=2, warmup_time=0.0)
+FAST_INTERLEAVED = harness.Settings(min_time=0.0, min_reps=2, warmup_time=0.0, interleave=True)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def cli_run(tmp_path_factory):
 
 def test_cli_writes_json_with_every_field(cli_run, capsys):
     argv, paths = cli_run
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     result = json.load(open(paths["json"]))
     for key in ("machine", "roofs", "rows", "command", "settings", "device_label"):
@@ -42,7 +42,7 @@ def test_cli_writes_json_with_every_field(cli_run, capsys):
         (op, impl) for op in ("conv_fwd", "conv_fwd_bwd")
         for impl in ("torch", "direct", "im2col", "auto")}
     for r in rows:
-        assert set(bench.ROW_FIELDS) <= set(r)
+        assert set(harness.ROW_FIELDS) <= set(r)
         assert r["status"] == "ok", r
         assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
         assert r["first_call_ms"] > 0 and r["gflops"] > 0 and r["roof_pct"] > 0
@@ -71,7 +71,7 @@ def test_reports_rewritten_from_json_without_measuring(cli_run, tmp_path, capsys
     if not os.path.exists(paths["json"]):
         pytest.skip("needs the JSON of test_cli_writes_json_with_every_field")
     readme = tmp_path / "README.md"
-    assert bench.main(["--from-json", paths["json"], "--report", str(tmp_path),
+    assert cli.main(["--from-json", paths["json"], "--report", str(tmp_path),
                        "--readme", str(readme)]) == 0
     label = json.load(open(paths["json"]))["device_label"]
     assert (tmp_path / label / "full.md").exists() and (tmp_path / label / "full.png").exists()
@@ -80,10 +80,10 @@ def test_reports_rewritten_from_json_without_measuring(cli_run, tmp_path, capsys
 
 
 def test_relu_pool_and_train_step_rows_validate_interleaved(capsys):
-    result = bench.run_bench([TINY_PLANE, TINY_TRAIN], bench.OPS, torch.device("cpu"),
+    result = runner.run_bench([TINY_PLANE, TINY_TRAIN], shapes.OPS, torch.device("cpu"),
                              settings=FAST_INTERLEAVED)
     rows = result["rows"]
-    assert {r["op"] for r in rows} == set(bench.RELU_OPS + bench.POOL_OPS + bench.TRAIN_OPS)
+    assert {r["op"] for r in rows} == set(shapes.RELU_OPS + shapes.POOL_OPS + shapes.TRAIN_OPS)
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     assert all(r["max_rel_error"] <= r["tolerance"] for r in rows if r["impl"] != "torch")
     assert all(r["gbps"] > 0 for r in rows if r["op"] != "train_step")
@@ -96,8 +96,8 @@ def test_relu_pool_and_train_step_rows_validate_interleaved(capsys):
 
 def test_wrong_output_fails_validation_and_is_not_timed():
     x = torch.randn(2, 3)
-    case = bench.Case(TINY_PLANE, "relu_fwd", "convkit", lambda: x + 1, "functional")
-    row, _ = bench.measure(case, bench.Timer(torch.device("cpu")), FAST, reference=x)
+    case = harness.Case(TINY_PLANE, "relu_fwd", "convkit", lambda: x + 1, "functional")
+    row, _ = harness.measure(case, harness.Timer(torch.device("cpu")), FAST, reference=x)
     assert row["status"] == "FAILED validation"
     assert row["median_ms"] is None and row["max_rel_error"] > row["tolerance"]
 
@@ -105,13 +105,13 @@ def test_wrong_output_fails_validation_and_is_not_timed():
 def test_readme_section_replaced_between_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# convkit\n\nintro\n")
-    row = dict.fromkeys(bench.ROW_FIELDS, None)
+    row = dict.fromkeys(harness.ROW_FIELDS, None)
     row.update(shape="s", op="conv_fwd", impl="torch", status="ok", median_ms=1.0)
     result = {"rows": [row], "command": "convkit bench --quick",
               "machine": {"gpu_name": None, "cpu_model": "CPU X", "torch_threads": 2,
                           "torch": "2", "numba": "0", "date": "2025-01-01T00:00:00"}}
-    bench.update_readme(str(readme), result, None)
-    bench.update_readme(str(readme), result, "benchmarks/results/x/full.md")
+    report.update_readme(str(readme), result, None)
+    report.update_readme(str(readme), result, "benchmarks/results/x/full.md")
     text = readme.read_text()
     assert text.startswith("# convkit\n\nintro\n")
     assert text.count("<!-- bench:start -->") == 1 and text.count("<!-- bench:end -->") == 1
@@ -119,13 +119,49 @@ def test_readme_section_replaced_between_markers(tmp_path):
 
 
 def test_shape_table_flops_and_selection():
-    conv1 = next(s for s in bench.CONV_SHAPES if s.name == "simplecnn-conv1")
+    conv1 = next(s for s in shapes.CONV_SHAPES if s.name == "simplecnn-conv1")
     assert conv1.output_shape == (64, 32, 28, 28)
     assert conv1.flops == 2 * 64 * 32 * 28 * 28 * 1 * 3 * 3
-    stem = next(s for s in bench.CONV_SHAPES if s.name == "resnet-stem")
+    stem = next(s for s in shapes.CONV_SHAPES if s.name == "resnet-stem")
     assert stem.output_shape == (8, 64, 112, 112)
-    quick = bench.select_shapes(None, quick=True)
+    quick = shapes.select_shapes(None, quick=True)
     assert quick and all(s.quick for s in quick)
-    assert bench.select_ops(["pool", "conv_fwd"]) == ("conv_fwd", "pool_fwd", "pool_bwd")
+    assert shapes.select_ops(["pool", "conv_fwd"]) == ("conv_fwd", "pool_fwd", "pool_bwd")
     with pytest.raises(SystemExit, match="unknown shape"):
-        bench.select_shapes(["nope"], quick=False)
+        shapes.select_shapes(["nope"], quick=False)
+
+
+def test_shape_table_lists_every_shape():
+    listed = [line.split()[0] for line in shapes.table().splitlines()]
+    assert listed == [s.name for s in shapes.all_shapes()]
+
+
+@pytest.mark.parametrize("op", ["conv_bwd_input", "conv_bwd_weight"])
+def test_conv_backward_rows_time_one_gradient_through_a_built_graph(op):
+    """The backward-only rows give torch's gradient of the one tensor asked for, and keep
+    giving it call after call (the graph built by setup is reused, not consumed)."""
+    tiny = next(s for s in shapes.CONV_SHAPES if s.name == "tiny")
+    built = cases.build_cases(tiny, op, torch.device("cpu"), ("direct", "im2col"))
+    assert [c.impl for c in built] == ["torch", "direct", "im2col"]
+    expected = (tiny.input_shape if op == "conv_bwd_input" else tiny.weight_shape)
+    for case in built:
+        assert case.level == "autograd"
+        case.setup()
+        first, second = case.run(), case.run()
+        assert first.shape == expected
+        torch.testing.assert_close(second, first, rtol=0, atol=0)
+    timer = harness.Timer(torch.device("cpu"))
+    _, reference, _ = harness.first_call(built[0], timer)
+    for case in built[1:]:
+        _, _, err = harness.first_call(case, timer, reference)
+        assert err <= harness.TOLERANCE[torch.float32]
+
+
+def test_train_step_models_start_from_the_same_weights():
+    built = cases.build_cases(TINY_TRAIN, "train_step", torch.device("cpu"), ("direct",))
+    timer = harness.Timer(torch.device("cpu"))
+    _, reference, _ = harness.first_call(built[0], timer)
+    _, out, err = harness.first_call(built[1], timer, reference)
+    # same seed, same batch, same dropout mask: the losses agree to float32 rounding
+    assert out[0].item() == pytest.approx(reference[0].item(), rel=1e-5)
+    assert err <= harness.TOLERANCE[torch.float32]

@@ -1,6 +1,6 @@
 """``python -m convkit.bench ...``: the same command as ``convkit bench ...``."""
 import sys
 
-from convkit.bench import main
+from convkit.bench.cli import main
 
 sys.exit(main())

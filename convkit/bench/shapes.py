@@ -1,0 +1,209 @@
+"""The benchmark shape table: the single source for ``convkit bench`` and ``benchmarks/``.
+
+``CONV_SHAPES``, ``PLANE_SHAPES`` and ``TRAIN_SHAPES`` name every problem the report times, the
+ops that make sense for each kind of shape, and the selection rules of ``--shapes`` / ``--ops``.
+``python -m convkit.bench.shapes`` lists the table with forward FLOP counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from convkit.kernels.shapes import conv2d_flops, conv_output_size
+
+Pair = Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """One conv2d benchmark shape: input (N, C, H, W), weight (K, C/groups, KH, KW)."""
+
+    name: str
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    KH: int
+    KW: int
+    stride: Pair = (1, 1)
+    padding: Pair = (0, 0)
+    dilation: Pair = (1, 1)
+    groups: int = 1
+    quick: bool = False
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def weight_shape(self) -> Tuple[int, int, int, int]:
+        return (self.K, self.C // self.groups, self.KH, self.KW)
+
+    @property
+    def output_shape(self) -> Tuple[int, int, int, int]:
+        OH = conv_output_size(self.H, self.KH, self.stride[0], self.padding[0], self.dilation[0])
+        OW = conv_output_size(self.W, self.KW, self.stride[1], self.padding[1], self.dilation[1])
+        return (self.N, self.K, OH, OW)
+
+    @property
+    def flops(self) -> int:
+        """FLOPs of one forward; backward-input and backward-weight each cost the same."""
+        return conv2d_flops(self.input_shape, self.weight_shape, self.output_shape)
+
+    def describe(self) -> str:
+        s = f"N{self.N} C{self.C} {self.H}x{self.W} K{self.K} {self.KH}x{self.KW}"
+        if self.stride != (1, 1):
+            s += f" s{_pair_str(self.stride)}"
+        if self.padding != (0, 0):
+            s += f" p{_pair_str(self.padding)}"
+        if self.dilation != (1, 1):
+            s += f" d{_pair_str(self.dilation)}"
+        if self.groups != 1:
+            s += f" g{self.groups}"
+        return s
+
+
+@dataclass(frozen=True)
+class PlaneShape:
+    """A ReLU / max-pool shape: input (N, C, H, W); pool uses kernel = stride = ``pool``."""
+
+    name: str
+    N: int
+    C: int
+    H: int
+    W: int
+    pool: int = 2
+    quick: bool = False
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    def describe(self) -> str:
+        return f"N{self.N} C{self.C} {self.H}x{self.W} (pool {self.pool}x{self.pool} s{self.pool})"
+
+
+@dataclass(frozen=True)
+class TrainShape:
+    """A SimpleCNN training step on a batch of N 1x28x28 images, 10 classes."""
+
+    name: str
+    N: int
+    quick: bool = False
+
+    @property
+    def flops(self) -> int:
+        """Nominal FLOPs of one step: 3x the forward FLOPs of the convs and linears."""
+        fc = 2 * self.N * (3136 * 128 + 128 * 10)
+        return 3 * (sum(c.flops for c in simple_cnn_convs(self.N)) + fc)
+
+    def describe(self) -> str:
+        return f"SimpleCNN N{self.N} 1x28x28, CE + Adam"
+
+
+def _pair_str(p: Pair) -> str:
+    return str(p[0]) if p[0] == p[1] else f"{p[0]},{p[1]}"
+
+
+def simple_cnn_convs(N: int) -> Tuple[ConvShape, ConvShape]:
+    """SimpleCNN's two convolutions (``convkit.models.SimpleCNN``) at batch N."""
+    return (ConvShape("conv1", N, 1, 28, 28, 32, 3, 3, padding=(1, 1)),
+            ConvShape("conv2", N, 32, 14, 14, 64, 3, 3, padding=(1, 1)))
+
+
+CONV_SHAPES: Tuple[ConvShape, ...] = (
+    # one image, one channel: what a call costs when there is nothing to compute
+    ConvShape("tiny", 1, 1, 8, 8, 1, 3, 3, padding=(1, 1), quick=True),
+    ConvShape("simplecnn-conv1", 64, 1, 28, 28, 32, 3, 3, padding=(1, 1), quick=True),
+    ConvShape("simplecnn-conv2", 64, 32, 14, 14, 64, 3, 3, padding=(1, 1), quick=True),
+    ConvShape("resnet-3x3", 32, 64, 56, 56, 64, 3, 3, padding=(1, 1)),
+    ConvShape("resnet-stem", 8, 3, 224, 224, 64, 7, 7, stride=(2, 2), padding=(3, 3)),
+    ConvShape("vgg-first", 8, 3, 224, 224, 64, 3, 3, padding=(1, 1)),
+    # ResNet's downsampling 3x3 (first conv of a stage)
+    ConvShape("strided-3x3-s2", 16, 64, 56, 56, 128, 3, 3, stride=(2, 2), padding=(1, 1)),
+    # DeepLab-style atrous conv
+    ConvShape("dilated-3x3-d2", 8, 64, 56, 56, 64, 3, 3, padding=(2, 2), dilation=(2, 2)),
+    ConvShape("depthwise-3x3", 32, 64, 56, 56, 64, 3, 3, padding=(1, 1), groups=64),
+    ConvShape("pointwise-1x1", 32, 64, 56, 56, 128, 1, 1),
+)
+
+PLANE_SHAPES: Tuple[PlaneShape, ...] = (
+    PlaneShape("simplecnn-act1", 64, 32, 28, 28, quick=True),   # after conv1
+    PlaneShape("simplecnn-act2", 64, 64, 14, 14),               # after conv2
+)
+
+TRAIN_SHAPES: Tuple[TrainShape, ...] = (
+    TrainShape("simplecnn-train", 64, quick=True),
+)
+
+CONV_OPS = ("conv_fwd", "conv_bwd_input", "conv_bwd_weight", "conv_fwd_bwd")
+RELU_OPS = ("relu_fwd", "relu_bwd")
+POOL_OPS = ("pool_fwd", "pool_bwd")
+TRAIN_OPS = ("train_step",)
+OPS = CONV_OPS + RELU_OPS + POOL_OPS + TRAIN_OPS
+OP_GROUPS = {"conv": CONV_OPS, "relu": RELU_OPS, "pool": POOL_OPS, "train": TRAIN_OPS,
+             "all": OPS}
+ALGORITHMS = ("direct", "im2col", "auto")
+
+
+def all_shapes() -> list:
+    """Every shape of the table, conv first, in report order."""
+    return [*CONV_SHAPES, *PLANE_SHAPES, *TRAIN_SHAPES]
+
+
+def ops_for(shape) -> Tuple[str, ...]:
+    """The ops that make sense for a shape."""
+    if isinstance(shape, ConvShape):
+        return CONV_OPS
+    if isinstance(shape, PlaneShape):
+        return RELU_OPS + POOL_OPS
+    return TRAIN_OPS
+
+
+def select_shapes(names: Optional[Sequence[str]], quick: bool) -> list:
+    """Shapes by name (or 'quick' / 'all'); default: the quick subset or everything."""
+    shapes = all_shapes()
+    if not names:
+        return [s for s in shapes if s.quick] if quick else shapes
+    by_name = {s.name: s for s in shapes}
+    picked = []
+    for name in names:
+        if name in ("quick", "all"):
+            picked += [s for s in shapes if s.quick or name == "all"]
+        elif name in by_name:
+            picked.append(by_name[name])
+        else:
+            raise SystemExit(f"convkit bench: unknown shape {name!r}; choose from "
+                             f"{', '.join(by_name)}, quick, all")
+    return list(dict.fromkeys(picked))
+
+
+def select_ops(names: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """Ops by name or group (conv, relu, pool, train, all)."""
+    if not names:
+        return OPS
+    picked: List[str] = []
+    for name in names:
+        if name in OP_GROUPS:
+            picked += OP_GROUPS[name]
+        elif name in OPS:
+            picked.append(name)
+        else:
+            raise SystemExit(f"convkit bench: unknown op {name!r}; choose from "
+                             f"{', '.join(OPS)} or a group {', '.join(OP_GROUPS)}")
+    return tuple(op for op in OPS if op in picked)
+
+
+def table() -> str:
+    """Every shape, one line each: name, description, forward GFLOP (convs), quick flag."""
+    lines = []
+    for s in all_shapes():
+        gflop = f"{s.flops / 1e9:8.3f} GFLOP fwd" if isinstance(s, ConvShape) else " " * 17
+        lines.append(f"{s.name:<18} {s.describe():<40} {gflop}  {'quick' if s.quick else ''}"
+                     .rstrip())
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
