@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from convkit.bench import cli as bench_cli
 from convkit.data import EMBEDDED
 
 COMPARE_STEPS = 20  # steps whose losses --compare checks for agreement
@@ -70,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most N training batches per epoch (smoke runs)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars; one line per "
                    "epoch instead")
-    sub.add_parser("bench", help="benchmark convkit's kernels against torch "
-                   "(see 'convkit bench --help')", add_help=False)
+    bench_cli.add_arguments(sub.add_parser(
+        "bench", help="benchmark convkit's kernels against torch (see 'convkit bench --help')",
+        description=bench_cli.DESCRIPTION))
     sub.add_parser("gpu-report", help="compile every CUDA kernel for sm_90/sm_80 and judge "
                    "its machine code, no GPU needed (see 'convkit gpu-report --help')",
                    add_help=False)
@@ -176,10 +178,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "gpu-report":
         from convkit import gpu_report
         return gpu_report.main(argv[1:])
-    if argv and argv[0] == "bench":
-        from convkit import bench  # imported only when asked for: it pulls in the benchmark code
-        return bench.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        # its own arguments go along: the report records them, a --cold-jit child reruns them
+        return bench_cli.run(args, argv[argv.index("bench") + 1:])
     return run_train(args)
 
 

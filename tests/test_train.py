@@ -2,12 +2,12 @@
 import json
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
 
 from convkit import cli
+from convkit.bench import cli as bench_cli
 from convkit.data import load_mnist
 from convkit.models import load_checkpoint
 from convkit.train import TrainConfig, evaluate, train
@@ -110,14 +110,24 @@ def test_cli_rejects_bad_option_values(capsys):
     assert "must be a positive integer" in capsys.readouterr().err
 
 
-def test_cli_bench_forwards_arguments(monkeypatch):
+def test_cli_bench_forwards_arguments(monkeypatch, capsys):
+    """`convkit bench` is a subcommand with the options of `python -m convkit.bench`."""
     seen = []
-    fake = types.ModuleType("convkit.bench")
-    fake.main = lambda argv: seen.append(list(argv)) or 0
-    monkeypatch.setitem(sys.modules, "convkit.bench", fake)
-    monkeypatch.setattr("convkit.bench", fake, raising=False)
-    assert cli.main(["bench", "--quick", "--device", "cpu"]) == 0
-    assert seen == [["--quick", "--device", "cpu"]]
+    monkeypatch.setattr(bench_cli, "run", lambda args, argv: seen.append((args, argv)) or 0)
+    assert cli.main(["bench", "--quick", "--device", "cpu", "--ops", "conv_fwd"]) == 0
+    [(args, argv)] = seen
+    assert args.quick and args.device == "cpu" and args.ops == ["conv_fwd"]
+    assert argv == ["--quick", "--device", "cpu", "--ops", "conv_fwd"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: convkit bench [-h] [--quick]")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--no-such-option"])
+    assert exit_.value.code == 2 and "--no-such-option" in capsys.readouterr().err
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["bench"]
+    assert ({o for a in sub._actions for o in a.option_strings}
+            == {o for a in bench_cli.build_parser()._actions for o in a.option_strings})
 
 
 def test_python_dash_m_convkit():
