@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -183,15 +182,11 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
 
 
 def _environment(device: torch.device) -> dict:
-    import numba
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "numba": numba.__version__, "machine": platform.machine(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "device": str(device)}
+    """The machine and software of the run, as ``convkit bench`` records them."""
+    from convkit.bench.machine import environment
+    env = environment(device)
     if hasattr(os, "getloadavg"):  # timings on a shared machine mean little without it
         env["load_average_1min_at_end"] = os.getloadavg()[0]
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
     return env
 
 

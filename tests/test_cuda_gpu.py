@@ -107,23 +107,16 @@ def test_max_pool2d_and_relu_match_torch(args, dtype):
                                torch.autograd.grad(r_ref, x, gy.new_ones(r.shape))[0])
 
 
-def _simple_cnn():
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
-
-
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("algorithm", ["direct", "im2col", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_simple_cnn_converted_matches_torch(algorithm, dtype):
     import convkit
+    from convkit.models import SimpleCNN
 
     torch.manual_seed(0)
-    model = _simple_cnn().to("cuda", dtype)
+    model = SimpleCNN("torch", seed=0).to("cuda", dtype).eval()  # eval: no dropout to match
     ours = convkit.convert(copy.deepcopy(model), algorithm=algorithm)
     assert not any(type(m) in (torch.nn.Conv2d, torch.nn.ReLU, torch.nn.MaxPool2d)
                    for m in ours.modules()), "convert() left a torch layer in place"
