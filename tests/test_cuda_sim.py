@@ -82,6 +82,50 @@ def _fast_thread_switching():
     sys.setswitchinterval(old)
 
 
+# Every (kernel, argument types, threads per block, dynamic smem) launched by any test here; the
+# launch-coverage check below and gpu-report both rely on kernel_specs listing all of them.
+LAUNCHES = set()
+
+
+def _launch_type(arg):
+    import numba
+
+    return numba.typeof(getattr(arg, "_ary", arg))  # a simulator device array wraps a numpy one
+
+
+@pytest.fixture(autouse=True)
+def _launches_are_declared(monkeypatch):
+    """Each kernel launch a test makes must be listed by its module's kernel_specs (checked at
+    launch time, so with the tile constants of that moment): gpu-report compiles only what is
+    listed, so an unlisted signature would never be judged on sm_90."""
+    import importlib
+
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    original = FakeCUDAKernel.__call__
+    undeclared = []
+
+    def call(self, *args):
+        if not self._device:
+            threads = int(np.prod(tuple(self.block_dim)))
+            launch = (self, tuple(_launch_type(a) for a in args), threads,
+                      int(self.dynshared_size))
+            module = importlib.import_module(self.fn.__module__)
+            declare = getattr(module, "kernel_specs", None)
+            LAUNCHES.add((self.fn.__module__, self.fn.__name__) + launch[1:])
+            if declare is not None:
+                specs = {(sp.kernel, tuple(sp.argtypes), sp.threads, sp.dynamic_smem)
+                         for dt in (np.float32, np.float64) for sp in declare(dt)}
+                if launch not in specs:
+                    undeclared.append(f"{self.fn.__module__}.{self.fn.__name__}"
+                                      f"{launch[1]} threads={threads} smem={launch[3]}")
+        return original(self, *args)
+
+    monkeypatch.setattr(FakeCUDAKernel, "__call__", call)
+    yield
+    assert not undeclared, "launches missing from kernel_specs:\n" + "\n".join(undeclared)
+
+
 def use_small_tiles(monkeypatch):
     for module, values in SMALL_TILES.items():
         for name, value in values.items():
@@ -374,3 +418,74 @@ def test_max_pool2d_matches_reference(case):
     gy = rng.standard_normal(y_ref.shape).astype(np.float32)
     gx = K.max_pool2d_backward(cuda.to_device(gy), i, x.shape).copy_to_host()
     np.testing.assert_allclose(gx, ref.max_pool2d_backward(gy, i_ref, x.shape), rtol=1e-6)
+
+
+# --- special values bit for bit, and the launch list gpu-report compiles ----------------------
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_special_values_bitwise(dtype, tiles):
+    """NaN propagates, -0.0 stays -0.0, -inf -> +0.0; the gradient is 0 at y <= 0 (also -0.0)
+    and passes at NaN, as torch's clamp_min / threshold_backward, for the dtype-typed zero."""
+    x = torch.tensor([float("nan"), -0.0, 0.0, float("-inf"), float("inf"), -1.5, 2.5, -1e-40]
+                     * 9, dtype=dtype)
+    xr = x.clone().requires_grad_()
+    y_ref = torch.relu(xr)
+    gy = torch.randn_like(x)
+    y_ref.backward(gy)
+    y = K.relu_forward(dev(x))
+    assert torch.equal(_bits(host(y)), _bits(y_ref.detach()))
+    assert torch.equal(_bits(host(K.relu_backward(dev(gy), y))), _bits(xr.grad))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool2d_special_values_and_large_planes(dtype, tiles):
+    """Planes larger than a grid-stride step (small tiles: 64 threads), so the carried
+    (plane, oh, ow) wraps rows and planes; NaN, +-inf and -0.0 / 0.0 ties, bit for bit."""
+    x = torch.randint(-2, 3, (2, 3, 11, 13)).to(dtype)
+    specials = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0, 0.0], dtype=dtype)
+    x.view(-1)[::7] = specials.repeat(x.numel() // 35 + 1)[:len(x.view(-1)[::7])]
+    for args in [((2, 2), (1, 1), (0, 0), (1, 1), False), ((3, 2), (2, 1), (1, 1), (1, 2), True)]:
+        xr = x.clone().requires_grad_()
+        y_ref, i_ref = F.max_pool2d(xr, *args, return_indices=True)
+        gy = torch.randn_like(y_ref)
+        y_ref.backward(gy)
+        y, i = K.max_pool2d_forward(dev(x), *args)
+        assert torch.equal(host(i), i_ref)
+        assert torch.equal(_bits(host(y)), _bits(y_ref.detach()))
+        gx = host(K.max_pool2d_backward(dev(gy), i, x.shape))
+        torch.testing.assert_close(gx, xr.grad, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_specs_cover_every_launch(dtype, monkeypatch):
+    """Every public kernel function once, both conv algorithms, tiled and fallback direct
+    paths (small tiles): _launches_are_declared checks each launch against its module's
+    kernel_specs (the list gpu-report compiles); here, that launches were seen at all."""
+    use_small_tiles(monkeypatch)
+    LAUNCHES.clear()
+    rng = np.random.default_rng(0)
+    x = cuda.to_device(rng.standard_normal((3, 4, 6, 7)).astype(dtype))
+    b = cuda.to_device(rng.standard_normal(6).astype(dtype))
+    for KH, KW in ((3, 3), (5, 5)):  # 5x5 exceeds the small tiles' 9 taps: direct's fallback
+        w = cuda.to_device(rng.standard_normal((6, 2, KH, KW)).astype(dtype))
+        for algorithm in ("direct", "im2col"):
+            for stride, dilation in (((1, 1), (1, 1)), ((2, 1), (1, 2))):
+                conf = (stride, (1, 1), dilation, 2, algorithm)
+                y = K.conv2d_forward(x, w, b, *conf, relu=True)
+                K.conv2d_forward(x, w, None, *conf)
+                K.conv2d_backward_input(y, w, x.shape, *conf)
+                K.conv2d_backward_weight(x, y, w.shape, *conf)
+    K.conv2d_backward_bias(y)
+    K.gemm(cuda.to_device(rng.standard_normal((5, 9)).astype(dtype)),
+           cuda.to_device(rng.standard_normal((9, 4)).astype(dtype)))
+    r = K.relu_forward(x)
+    K.relu_backward(r, r)
+    p, i = K.max_pool2d_forward(r, (2, 2), (2, 2), (0, 0), (1, 1), True)
+    K.max_pool2d_backward(p, i, r.shape)
+    launched = {m for m, *_ in LAUNCHES}
+    assert {"convkit.kernels.cuda.pool", "convkit.kernels.cuda.relu"} <= launched
+    assert len({(m, name) for m, name, *_ in LAUNCHES}) >= 8
