@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -31,6 +32,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
 
 
@@ -71,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most N training batches per epoch (smoke runs)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars; one line per "
                    "epoch instead")
+    t.add_argument("--nproc-per-node", type=_positive_int, metavar="N",
+                   help="train on N ranks on this machine, started by torch's launcher (gloo on "
+                   "the CPU, NCCL on CUDA); --batch-size stays the global batch. Several "
+                   "machines: torchrun --nnodes ... -m convkit train ...")
+    t.add_argument("--threads", type=_positive_int, metavar="N", help="torch threads per rank "
+                   "(default: OMP_NUM_THREADS if set, else the cores divided among the ranks on "
+                   "this machine)")
+    t.add_argument("--dropout", type=_fraction, default=0.25, metavar="P",
+                   help="dropout probability after fc1 (default: 0.25; 0 turns it off)")
+    t.add_argument("--deterministic", action="store_true", help="also turn on "
+                   "torch.use_deterministic_algorithms(True): any op without a deterministic "
+                   "implementation raises (runs repeat without it too, see README)")
+    t.add_argument("--resume", type=Path, metavar="DIR", help="continue the run whose --out DIR "
+                   "holds checkpoint.pt (written after every epoch); repeat its options, --epochs "
+                   "may grow. Writes into DIR unless --out is given")
     bench_cli.add_arguments(sub.add_parser(
         "bench", help="benchmark convkit's kernels against torch (see 'convkit bench --help')",
         description=bench_cli.DESCRIPTION))
@@ -86,15 +109,18 @@ def _config(args: argparse.Namespace, backend: str):
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                        algorithm=args.algorithm, train_size=args.train_size,
                        test_size=args.test_size, limit_batches=args.limit_batches,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, dropout=args.dropout,
+                       threads=args.threads, deterministic=args.deterministic)
 
 
 def format_summary(metrics: dict) -> str:
     """The per-epoch table printed after training."""
     cfg, data = metrics["config"], metrics["data"]
+    world = metrics.get("distributed", {}).get("world_size", 1)
+    ranks = f" ({world} ranks x {cfg['batch_size'] // world})" if world > 1 else ""
     lines = [f"SimpleCNN [{cfg['backend']}] on {data['source']} ({data['train_images']} train / "
              f"{data['test_images']} test images), {metrics['parameters']:,} parameters, "
-             f"batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}, seed {cfg['seed']}, "
+             f"batch {cfg['batch_size']}{ranks}, Adam lr {cfg['lr']:g}, seed {cfg['seed']}, "
              f"{cfg['device']}",
              f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} "
              f"{'seconds':>8} {'img/s':>8}"]
@@ -143,22 +169,66 @@ def format_comparison(runs: dict, diff: dict) -> str:
     return "\n".join(lines)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """``convkit train``: one backend, or both with --compare."""
+def _backend_dir(path: Optional[Path], backend: str, compare: bool) -> Optional[Path]:
+    return path / backend if path is not None and compare else path
+
+
+def _check_before_launch(args: argparse.Namespace, nproc: int) -> None:
+    """What every rank would refuse, refused once here before any rank starts (ValueError)."""
+    import torch
+
+    from convkit import checkpoint
+    from convkit.models import SimpleCNN
+
+    for backend in ("convkit", "torch") if args.compare else (args.backend,):
+        config = _config(args, backend)
+        config.validate(nproc)
+        if config.device != "cpu" and torch.cuda.device_count() < nproc:
+            raise ValueError(f"--nproc-per-node {nproc}: one GPU per rank, but this machine has "
+                             f"{torch.cuda.device_count()}")
+        resume = _backend_dir(args.resume, backend, args.compare)
+        if resume is not None:
+            checkpoint.load(resume, SimpleCNN("torch", seed=0), asdict(config), nproc)
+
+
+def run_train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
+    """``convkit train``: one backend, or both with --compare; with ``--nproc-per-node N`` (N > 1)
+    outside torch's launcher, start N ranks running ``argv`` through it."""
+    from convkit import distributed
     from convkit.data import DataError, load_mnist
     from convkit.train import train, write_json
 
+    ranks = distributed.Ranks.from_env()
+    nproc = args.nproc_per_node
     try:
+        if distributed.launched() and nproc is not None and nproc != ranks.local_world_size:
+            raise ValueError(f"--nproc-per-node {nproc}: torch's launcher started "
+                             f"{ranks.local_world_size} rank(s) per node (LOCAL_WORLD_SIZE); "
+                             "give the same number or leave the option out")
+        if not distributed.launched() and nproc is not None and nproc > 1:
+            if argv is None:
+                raise ValueError("--nproc-per-node needs the command line to start the ranks "
+                                 "with (run_train(args, argv))")
+            _check_before_launch(args, nproc)
+            return distributed.launch(nproc, list(argv), args.threads)
         dataset = load_mnist(args.data)
         backends = ("convkit", "torch") if args.compare else (args.backend,)
         runs = {}
         for backend in backends:
-            out = args.out / backend if args.out is not None and args.compare else args.out
-            runs[backend] = train(_config(args, backend), dataset, out=out)
-            print(format_summary(runs[backend]), flush=True)
+            runs[backend] = train(_config(args, backend), dataset,
+                                  out=_backend_dir(args.out, backend, args.compare),
+                                  resume=_backend_dir(args.resume, backend, args.compare))
+            if ranks.is_main:
+                print(format_summary(runs[backend]), flush=True)
     except (DataError, ValueError) as e:
-        print(f"convkit train: error: {e}", file=sys.stderr)
+        distributed.record_error(e)
+        where = f" [rank {ranks.rank} of {ranks.world_size}]" if ranks.world_size > 1 else ""
+        print(f"convkit train: error{where}: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()
+    if not ranks.is_main:
+        return 0
     if args.compare:
         diff = compare_metrics(runs["convkit"], runs["torch"])
         print(format_comparison(runs, diff))
@@ -167,8 +237,9 @@ def run_train(args: argparse.Namespace) -> int:
         result = runs[args.backend]
     if args.json is not None:
         write_json(result, args.json)
-    if args.out is not None:
-        print(f"wrote {args.out}/")
+    out = args.out if args.out is not None else args.resume
+    if out is not None:
+        print(f"wrote {out}/")
     return 0
 
 
@@ -182,7 +253,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "bench":
         # its own arguments go along: the report records them, a --cold-jit child reruns them
         return bench_cli.run(args, argv[argv.index("bench") + 1:])
-    return run_train(args)
+    from convkit import distributed
+    try:
+        return run_train(args, argv)
+    except Exception as e:  # in a rank, also where torch's launcher reads it for its summary
+        distributed.record_error(e)
+        raise
 
 
 __all__ = ["main", "build_parser", "run_train", "format_summary", "format_comparison",

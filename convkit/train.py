@@ -1,24 +1,31 @@
-"""Training loop behind ``convkit train``: SimpleCNN, Adam, cross-entropy, per-epoch metrics.
+"""Training loop behind ``convkit train``: SimpleCNN, Adam, cross-entropy, per-epoch metrics, on
+one process or on several ranks of ``torch.distributed`` (see :mod:`convkit.distributed`).
 
-Runs are deterministic for a seed: the weights come from ``SimpleCNN(seed=...)``, the shuffling
-from a generator seeded with the same seed, and dropout from torch's global generator, reseeded
-just before the first step. Nothing in between draws random numbers, so the convkit and torch
-backends see the same batches, the same dropout masks and the same starting weights, and their
-losses differ only by floating-point rounding.
+Runs repeat exactly for a seed: the weights come from ``SimpleCNN(seed=...)``; each epoch's data
+order from a ``DistributedSampler`` seeded with the seed (the permutation depends only on seed and
+epoch, and rank r of W takes every W-th image of it, so the W per-rank batches of a step together
+hold exactly the images of one process's batch of the same global size); dropout from torch's
+global generator, seeded with seed + rank just before the first step. Nothing else draws random
+numbers, so the convkit and torch backends see the same batches, dropout masks and starting
+weights, and their losses differ only by floating-point rounding.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convkit import checkpoint, distributed
+from convkit.checkpoint import atomic_write
 from convkit.data import EMBEDDED, Dataset, Split, load_mnist
 from convkit.models import SimpleCNN, save_checkpoint
 from convkit.utils import count_parameters
@@ -33,7 +40,7 @@ class TrainConfig:
     backend: str = "convkit"
     data: str = EMBEDDED
     epochs: int = 3
-    batch_size: int = 64
+    batch_size: int = 64               # global: split evenly across the ranks
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
@@ -42,15 +49,25 @@ class TrainConfig:
     test_size: Optional[int] = None    # first N test images only
     limit_batches: Optional[int] = None  # at most N training batches per epoch
     progress: bool = True
+    dropout: float = 0.25              # the chapter's; 0 makes runs on any rank count comparable
+    threads: Optional[int] = None      # torch threads per rank (None: see distributed.set_threads)
+    deterministic: bool = False        # torch.use_deterministic_algorithms(True) for the run
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first option that is out of range."""
-        for name in ("epochs", "batch_size", "train_size", "test_size", "limit_batches"):
+    def validate(self, world_size: int = 1) -> None:
+        """Raise ValueError naming the first option that is out of range (``world_size``: the
+        number of ranks the global batch is split across)."""
+        for name in ("epochs", "batch_size", "train_size", "test_size", "limit_batches",
+                     "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.batch_size % world_size:
+            raise ValueError(f"--batch-size {self.batch_size} does not split evenly across "
+                             f"{world_size} ranks; use a multiple of {world_size}")
         if self.backend not in ("convkit", "torch"):
             raise ValueError(f"backend must be 'convkit' or 'torch', got {self.backend!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -60,17 +77,37 @@ class TrainConfig:
                              f"False (torch {torch.__version__}); use --device cpu")
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, device: torch.device) -> Dict[str, float]:
-    """Mean cross-entropy and accuracy (percent) of ``model`` on ``split``."""
-    model.eval()
+def _eval_sums(model: torch.nn.Module, split: Split, device: torch.device) -> Tuple[float, int]:
     loss_sum, correct = 0.0, 0
     for images, labels in split.batches(EVAL_BATCH):
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
-    return {"loss": loss_sum / len(split), "accuracy": 100.0 * correct / len(split)}
+    return loss_sum, correct
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: Split, device: torch.device) -> Dict[str, float]:
+    """Mean cross-entropy and accuracy (percent) of ``model`` on ``split``. Under a process
+    group each rank scores a contiguous share of ``split`` and the sums are added up."""
+    model.eval()
+    rank, world, n = dist_rank(), dist_world(), len(split)
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    share = split if world == 1 else Split(split.images[lo:hi], split.labels[lo:hi])
+    loss_sum, correct = distributed.reduce_sum(
+        torch.tensor(_eval_sums(model, share, device), dtype=torch.float64)).tolist()
+    return {"loss": loss_sum / n, "accuracy": 100.0 * int(correct) / n}
+
+
+def dist_rank() -> int:
+    """This process's rank in the process group (0 without one)."""
+    return torch.distributed.get_rank() if distributed.active() else 0
+
+
+def dist_world() -> int:
+    """Ranks in the process group (1 without one)."""
+    return torch.distributed.get_world_size() if distributed.active() else 1
 
 
 def warm_up(model: torch.nn.Module, images: torch.Tensor) -> float:
@@ -96,72 +133,165 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=True, dynamic_ncols=True)
 
 
+def _seed_all(seed: int) -> None:
+    """torch (CPU and every GPU: the dropout masks), numpy and Python's generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class _RunSettings:
+    """Torch threads for this rank, deterministic cuDNN (convkit's own kernels always are) and,
+    when asked, ``torch.use_deterministic_algorithms(True)``, for the run; the previous settings
+    come back afterwards."""
+
+    def __init__(self, config: TrainConfig, ranks: distributed.Ranks,
+                 device: torch.device) -> None:
+        self.config, self.ranks, self.device = config, ranks, device
+        self.strict = config.deterministic
+
+    def __enter__(self):
+        cudnn = torch.backends.cudnn
+        self.saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark,
+                      cudnn.deterministic, torch.get_num_threads())
+        distributed.set_threads(self.config.threads, self.ranks)
+        if self.device.type == "cuda":
+            cudnn.benchmark, cudnn.deterministic = False, True
+        if self.strict:
+            if self.device.type == "cuda":  # cuBLAS needs it for repeatable GEMMs
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.use_deterministic_algorithms(self.saved[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = self.saved[1:3]
+        if torch.get_num_threads() != self.saved[3]:
+            torch.set_num_threads(self.saved[3])
+
+
 def train(config: TrainConfig, dataset: Optional[Dataset] = None,
           out: Optional[Union[str, os.PathLike]] = None,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print,
+          resume: Optional[Union[str, os.PathLike]] = None) -> dict:
     """Train SimpleCNN as ``config`` says and return the metrics dict.
 
     The metrics hold ``test_accuracy`` (percent, after the last epoch), ``epochs`` (per-epoch train
     loss/accuracy, test loss/accuracy, seconds, images per second) and ``step_losses`` (the loss of
-    every training step). With ``out``, the directory receives ``model.pt``, ``metrics.json``,
-    ``training_curve.png`` and ``filters.png``.
+    every training step, averaged over the ranks). With ``out``, the directory receives
+    ``checkpoint.pt`` after every epoch and ``model.pt``, ``metrics.json``, ``training_curve.png``
+    and ``filters.png`` at the end. ``resume`` (a directory or checkpoint file written with
+    ``out``) continues that run; the result equals the uninterrupted run's.
+
+    Started by torch's launcher (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) it joins the process
+    group and trains with ``DistributedDataParallel``; every rank returns the same metrics, and
+    only rank 0 prints, draws progress bars and writes files.
     """
-    config.validate()
     device = torch.device(config.device)
+    ranks = distributed.setup(device)
+    config.validate(ranks.world_size)
+    if device.type == "cuda" and ranks.world_size > 1:
+        device = torch.device("cuda", ranks.local_rank)
+    with _RunSettings(config, ranks, device):
+        return _train(config, ranks, device, dataset, out, log, resume)
+
+
+def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device,
+           dataset: Optional[Dataset], out, log, resume) -> dict:
+    from torch.utils.data.distributed import DistributedSampler
+
+    world, main = ranks.world_size, ranks.is_main
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if not main:
+        log = _quiet
     if dataset is None:
         dataset = load_mnist(config.data)
     train_split = dataset.train.subset(config.train_size)
     test_split = dataset.test.subset(config.test_size)
 
     model = SimpleCNN(config.backend, algorithm=config.algorithm, seed=config.seed).to(device)
+    model.dropout.p = config.dropout
+    state = None
+    if resume is not None:  # checked before anything is computed or written
+        state = checkpoint.load(resume, model, asdict(config), world)
+        if out is None:
+            out = checkpoint.checkpoint_path(resume).parent
     warmup_seconds = warm_up(model, train_split.images[:2].to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    order = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)  # dropout masks
-
-    n_batches = train_split.num_batches(config.batch_size)
-    if config.limit_batches is not None:
-        n_batches = min(n_batches, config.limit_batches)
+    _seed_all(config.seed + ranks.rank)  # dropout masks: a stream of their own on every rank
     epochs: List[dict] = []
     step_losses: List[float] = []
-    for epoch in range(1, config.epochs + 1):
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"][ranks.rank], device)
+        epochs, step_losses = state["history"]["epochs"], state["history"]["step_losses"]
+        log(f"resumed {checkpoint.checkpoint_path(resume)} after epoch {state['epoch']} "
+            f"(step {state['step']})")
+    net = model
+    if distributed.active():
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # drop_last: every rank gets the same number of images (up to world - 1 left out per epoch)
+    sampler = DistributedSampler(train_split, num_replicas=world, rank=ranks.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    local_batch = config.batch_size // world
+    n_batches = -(-len(sampler) // local_batch)
+    if config.limit_batches is not None:
+        n_batches = min(n_batches, config.limit_batches)
+    for epoch in range(len(epochs) + 1, config.epochs + 1):
+        sampler.set_epoch(epoch - 1)
+        order = torch.tensor(list(sampler), dtype=torch.long)
         model.train()
-        bar = _progress(min(len(train_split), n_batches * config.batch_size),
-                        f"epoch {epoch}/{config.epochs} [{config.backend}]", config.progress)
+        bar = _progress(min(len(order), n_batches * local_batch) * world,
+                        f"epoch {epoch}/{config.epochs} [{config.backend}]",
+                        config.progress and main)
+        losses: List[float] = []
         loss_sum, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
-        for step, (images, labels) in enumerate(train_split.batches(config.batch_size, True,
-                                                                    order)):
-            if step == n_batches:
-                break
-            images, labels = images.to(device), labels.to(device)
+        for step in range(n_batches):
+            idx = order[step * local_batch:(step + 1) * local_batch]
+            images, labels = train_split.images[idx].to(device), train_split.labels[idx].to(device)
             optimizer.zero_grad()
-            logits = model(images)
+            logits = net(images)
             loss = F.cross_entropy(logits, labels)
             loss.backward()
             optimizer.step()
-            step_losses.append(loss.item())
-            loss_sum += step_losses[-1] * len(labels)
+            losses.append(loss.item())
+            loss_sum += losses[-1] * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
             if bar is not None:
-                bar.update(len(labels))
+                bar.update(len(labels) * world)
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
+        # global numbers: every step's loss averaged over the ranks, sums over the ranks
+        step_losses += (distributed.reduce_sum(torch.tensor(losses, dtype=torch.float64))
+                        / world).tolist()
+        loss_sum, correct, seen = distributed.reduce_sum(
+            torch.tensor([loss_sum, correct, seen], dtype=torch.float64)).tolist()
         test = evaluate(model, test_split, device)
         epochs.append({"epoch": epoch, "train_loss": loss_sum / seen,
                        "train_accuracy": 100.0 * correct / seen, "test_loss": test["loss"],
                        "test_accuracy": test["accuracy"], "seconds": seconds,
-                       "images_per_second": seen / seconds, "images": seen})
+                       "images_per_second": seen / seconds, "images": int(seen)})
         if bar is None:
             e = epochs[-1]
             log(f"epoch {epoch}/{config.epochs} [{config.backend}] train loss "
                 f"{e['train_loss']:.4f} acc {e['train_accuracy']:.2f}% | test loss "
                 f"{e['test_loss']:.4f} acc {e['test_accuracy']:.2f}% | {seconds:.1f} s")
+        if out is not None:
+            rng = distributed.gather(checkpoint.rng_state(device))
+            if main:
+                checkpoint.save(Path(out) / checkpoint.CHECKPOINT, model=model,
+                                optimizer=optimizer, epoch=epoch, step=len(step_losses),
+                                world_size=world, rng=rng, config=asdict(config),
+                                history={"epochs": epochs, "step_losses": step_losses})
 
     metrics = {
         "test_accuracy": epochs[-1]["test_accuracy"],
@@ -175,10 +305,21 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
                  "test_images": len(test_split)},
         "parameters": count_parameters(model),
         "environment": _environment(device),
+        "distributed": {"world_size": world, "backend": distributed.backend_for(device)
+                        if distributed.active() else None, "batch_per_rank": local_batch,
+                        "threads_per_rank": torch.get_num_threads()},
     }
-    if out is not None:
+    if load_at_start is not None:  # with the one at the end: how shared the machine was
+        metrics["environment"]["load_average_1min_at_start"] = load_at_start
+    if state is not None:
+        metrics["resumed_after_epoch"] = state["epoch"]
+    if out is not None and main:
         write_outputs(model, metrics, out)
     return metrics
+
+
+def _quiet(line: str) -> None:
+    """``log`` of every rank but 0."""
 
 
 def _environment(device: torch.device) -> dict:
@@ -191,19 +332,19 @@ def _environment(device: torch.device) -> dict:
 
 
 def write_outputs(model: SimpleCNN, metrics: dict, out: Union[str, os.PathLike]) -> Dict[str, Path]:
-    """Write checkpoint, metrics JSON, training-curve and learned-filter PNGs into ``out``."""
+    """Write weights, metrics JSON, training-curve and learned-filter PNGs into ``out`` (each
+    to a temporary name first, then renamed)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"checkpoint": out / "model.pt", "metrics": out / "metrics.json",
              "curve": out / "training_curve.png", "filters": out / "filters.png"}
-    save_checkpoint(model, paths["checkpoint"], config=metrics["config"],
-                    test_accuracy=metrics["test_accuracy"])
+    atomic_write(paths["checkpoint"], lambda tmp: save_checkpoint(
+        model, tmp, config=metrics["config"], test_accuracy=metrics["test_accuracy"]))
     write_json(metrics, paths["metrics"])
     try:
-        plot_training_curve(metrics, paths["curve"])
-        plot_filters(model.conv1.weight, paths["filters"],
-                     f"conv1 filters after {len(metrics['epochs'])} epoch(s) "
-                     f"[{metrics['config']['backend']}]")
+        atomic_write(paths["curve"], lambda tmp: plot_training_curve(metrics, tmp))
+        atomic_write(paths["filters"], lambda tmp: plot_filters(
+            model.conv1.weight, tmp, f"conv1 filters after {len(metrics['epochs'])} epoch(s) "
+            f"[{metrics['config']['backend']}]"))
     except ImportError:  # matplotlib is in the "train" extra
         print("matplotlib is not installed: training_curve.png and filters.png skipped",
               file=sys.stderr)
@@ -212,10 +353,10 @@ def write_outputs(model: SimpleCNN, metrics: dict, out: Union[str, os.PathLike])
 
 
 def write_json(obj: dict, path: Union[str, os.PathLike]) -> None:
-    """Write ``obj`` as indented JSON, creating the parent directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    """Write ``obj`` as indented JSON (temporary name, then renamed), creating the parent
+    directory."""
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def plot_training_curve(metrics: dict, path: Union[str, os.PathLike]) -> None:
