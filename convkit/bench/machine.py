@@ -60,7 +60,7 @@ def environment(device: torch.device) -> Dict[str, object]:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else None,
         "torch_threads": torch.get_num_threads(),
-        "numba_threads": numba.get_num_threads(),
+        "numba_threads": _numba_threads(),
         "numba_threading_layer": _numba_threading_layer(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -92,6 +92,13 @@ def _numpy_blas() -> Optional[str]:
         return f"{blas.get('name')} {blas.get('version')}"
     except Exception:  # numpy before 1.26 has no mode=, and the keys vary by build
         return None
+
+
+def _numba_threads() -> Optional[int]:
+    """Numba's thread count, or None before its pool started (asking would start it, before
+    convkit's runtime setup chose the threading layer)."""
+    from numba.np.ufunc import parallel
+    return numba.get_num_threads() if parallel._is_initialized else None
 
 
 def _numba_threading_layer() -> Optional[str]:
