@@ -377,8 +377,19 @@ class _Conv(NamedTuple):
     groups: int = 1
 
 
-# The README's benchmark table, used when convkit.bench cannot be imported.
-_FALLBACK_SHAPES = (
+class _Plane(NamedTuple):
+    name: str
+    N: int
+    C: int
+    H: int
+    W: int
+    pool: int = 2
+
+
+# The README's benchmark tables, used when convkit.bench cannot be imported.
+_FALLBACK_PLANES = (_Plane("simplecnn-act1", 64, 32, 28, 28),
+                    _Plane("simplecnn-act2", 64, 64, 14, 14))
+_FALLBACK_CONVS = (
     _Conv("simplecnn-conv1", 64, 1, 28, 28, 32, 3, 3, padding=(1, 1)),
     _Conv("simplecnn-conv2", 64, 32, 14, 14, 64, 3, 3, padding=(1, 1)),
     _Conv("resnet-3x3", 32, 64, 56, 56, 64, 3, 3, padding=(1, 1)),
@@ -387,16 +398,17 @@ _FALLBACK_SHAPES = (
 )
 
 
-def bench_conv_shapes() -> list:
-    """The benchmark's conv shapes (convkit.bench's table when importable)."""
+def _bench_table(name: str, fallback: tuple) -> list:
+    """A shape table of the benchmark (convkit.bench's when importable, else the README's)."""
     for module in ("convkit.bench.shapes", "convkit.bench"):
         try:
-            shapes = [s for s in importlib.import_module(module).CONV_SHAPES if s.name != "tiny"]
+            shapes = [s for s in getattr(importlib.import_module(module), name)
+                      if s.name != "tiny"]
             if shapes:
                 return shapes
         except Exception:  # noqa: BLE001 - any failure: the README's table below
             continue
-    return list(_FALLBACK_SHAPES)
+    return list(fallback)
 
 
 def _out_size(n, k, s, p, d):
@@ -410,51 +422,76 @@ def _best_share(rows, words) -> Optional[float]:
     return max(shares, default=None)
 
 
-def roofline(rows: Sequence[dict]) -> List[dict]:
-    """Per benchmark shape and pass: a *model* of the best time on an H100 SXM (fp32).
+PASSES = ("forward", "backward_input", "backward_weight")
 
-    floor = max(FLOPs / peak, compulsory bytes / HBM bandwidth) with x, w, y read or written
-    once. The im2col estimate issues FMAs at the GEMM inner loop's FFMA share of peak and adds
-    the unfolded matrix written and read once; the direct estimate uses the best FFMA share
-    among float32 compute kernels named for that pass. Not a measurement."""
-    out = []
+
+def roofline(rows: Sequence[dict]) -> dict:
+    """A *model* of the best fp32 time of each benchmark shape on an H100 SXM, not a measurement.
+
+    Convolutions (each pass has the forward's FLOPs): floor = max(FLOPs / peak, compulsory
+    bytes / HBM bandwidth), x, w and y moved once. The im2col estimate issues FMAs at the GEMM
+    inner loop's FFMA share of peak and adds the unfolded matrix written and read once; the
+    direct estimate per pass uses the best FFMA share among float32 compute kernels whose name
+    has "direct" and the pass. ReLU / max-pool (2x2): bytes / bandwidth."""
     gemm = _best_share(rows, ("gemm",))
-    for s in bench_conv_shapes():
+    direct = {p: _best_share(rows, ("direct", p)) for p in PASSES}
+    convs = []
+    for s in _bench_table("CONV_SHAPES", _FALLBACK_CONVS):
         OH = _out_size(s.H, s.KH, s.stride[0], s.padding[0], s.dilation[0])
         OW = _out_size(s.W, s.KW, s.stride[1], s.padding[1], s.dilation[1])
-        flops = 2 * s.N * s.K * OH * OW * (s.C // s.groups) * s.KH * s.KW
-        io = 4 * (s.N * s.C * s.H * s.W + s.K * (s.C // s.groups) * s.KH * s.KW
-                  + s.N * s.K * OH * OW)
+        Cg = s.C // s.groups
+        flops = 2 * s.N * s.K * OH * OW * Cg * s.KH * s.KW
+        io = 4 * (s.N * s.C * s.H * s.W + s.K * Cg * s.KH * s.KW + s.N * s.K * OH * OW)
         cols = 4 * s.N * s.C * s.KH * s.KW * OH * OW
-        for p in ("forward", "backward_input", "backward_weight"):
-            floor = max(flops / H100_FP32_FLOPS, io / H100_HBM_BYTES)
-            est = {}
-            if gemm:
-                est["im2col"] = max(flops / (H100_FP32_FLOPS * gemm),
-                                    (io + 2 * cols) / H100_HBM_BYTES)
-            direct = _best_share(rows, ("direct", p))
-            if direct:
-                est["direct"] = max(flops / (H100_FP32_FLOPS * direct), io / H100_HBM_BYTES)
-            out.append({"shape": s.name, "pass": p, "gflop": flops / 1e9,
-                        "intensity": flops / io,
-                        "bound": "compute" if flops / H100_FP32_FLOPS > io / H100_HBM_BYTES
-                        else "memory",
-                        "floor_us": floor * 1e6,
-                        "model_us": {k: v * 1e6 for k, v in est.items()}})
-    return out
+        t_flop, t_io = flops / H100_FP32_FLOPS, io / H100_HBM_BYTES
+        convs.append({
+            "shape": s.name, "gflop": flops / 1e9, "intensity": flops / io,
+            "bound": "compute" if t_flop > t_io else "memory",
+            "floor_us": 1e6 * max(t_flop, t_io),
+            "im2col_us": None if not gemm else
+            1e6 * max(t_flop / gemm, (io + 2 * cols) / H100_HBM_BYTES),
+            "direct_us": {p: None if not d else 1e6 * max(t_flop / d, t_io)
+                          for p, d in direct.items()}})
+    planes = []
+    for s in _bench_table("PLANE_SHAPES", _FALLBACK_PLANES):
+        n = s.N * s.C * s.H * s.W
+        m = n // (getattr(s, "pool", 2) ** 2)  # pooled outputs, each with an int64 index
+        traffic = {"relu_fwd": 8 * n, "relu_bwd": 12 * n, "pool_fwd": 4 * n + 12 * m,
+                   "pool_bwd": 12 * m + 8 * n}  # backward also zero-fills grad_input
+        planes.append({"shape": s.name, "elements": n,
+                       "floor_us": {k: 1e6 * b / H100_HBM_BYTES for k, b in traffic.items()}})
+    return {"gemm_fma_share": gemm, "direct_fma_share": direct, "conv": convs, "plane": planes}
 
 
-def roofline_table(model: Sequence[dict]) -> str:
+def _us(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def roofline_table(model: dict) -> str:
+    """The roofline model as text, labelled as a model."""
     lines = [f"Roofline MODEL for an H100 SXM, fp32 (peak {H100_FP32_FLOPS / 1e12:.0f} TFLOP/s, "
              f"HBM3 {H100_HBM_BYTES / 1e12:.2f} TB/s): estimates from vendor peaks and the "
-             "compiled inner loops above, NOT measurements.",
-             f"{'shape':<18} {'pass':<16} {'GFLOP':>7} {'FLOP/B':>7} {'bound':>8} "
-             f"{'floor us':>9} {'im2col us':>10} {'direct us':>10}"]
-    for m in model:
-        est = m["model_us"]
-        lines.append(f"{m['shape']:<18} {m['pass']:<16} {m['gflop']:>7.2f} {m['intensity']:>7.1f} "
-                     f"{m['bound']:>8} {m['floor_us']:>9.1f} "
-                     f"{est.get('im2col', math.nan):>10.1f} {est.get('direct', math.nan):>10.1f}")
+             "compiled inner loops above, NOT measurements. Times in us per pass; launch "
+             "overhead (several us per kernel) comes on top.",
+             f"{'conv shape':<18} {'GFLOP':>6} {'FLOP/B':>7} {'bound':>8} {'floor':>7} "
+             f"{'im2col':>7} {'direct fwd':>10} {'bwd-in':>7} {'bwd-w':>7}"]
+    for c in model["conv"]:
+        d = c["direct_us"]
+        lines.append(f"{c['shape']:<18} {c['gflop']:>6.2f} {c['intensity']:>7.1f} "
+                     f"{c['bound']:>8} {c['floor_us']:>7.1f} {_us(c['im2col_us']):>7} "
+                     f"{_us(d['forward']):>10} {_us(d['backward_input']):>7} "
+                     f"{_us(d['backward_weight']):>7}")
+    share = model["gemm_fma_share"]
+    lines.append(f"(im2col: GEMM inner loop at {_us(None if share is None else 100 * share)} % "
+                 "FFMA plus the unfolded matrix written and read once; direct: best FFMA share "
+                 "of that pass's direct kernels)")
+    if model["plane"]:
+        lines.append(f"{'plane shape':<18} {'elements':>9} {'relu fwd':>9} {'relu bwd':>9} "
+                     f"{'pool fwd':>9} {'pool bwd':>9}   (floor = bytes / HBM bandwidth)")
+        for p in model["plane"]:
+            f = p["floor_us"]
+            lines.append(f"{p['shape']:<18} {p['elements']:>9} {f['relu_fwd']:>9.1f} "
+                         f"{f['relu_bwd']:>9.1f} {f['pool_fwd']:>9.1f} {f['pool_bwd']:>9.1f}")
     return "\n".join(lines)
 
 
