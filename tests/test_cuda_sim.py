@@ -340,8 +340,10 @@ def test_stream_keyword_is_accepted():
 
 @pytest.fixture
 def sim_engine(monkeypatch):
-    """Route convkit.autograd's CPU tensors through the CUDA kernels (copied to the simulator)."""
-    import convkit.autograd as autograd
+    """Route convkit's CPU tensors through the CUDA kernels (copied to the simulator): the CPU
+    engine that ``convkit.engine.engine_for`` hands out becomes a CUDA-kernel engine."""
+    import convkit.engine.cpu
+    from convkit.engine import KernelEngine
 
     calls = []
 
@@ -349,9 +351,9 @@ def sim_engine(monkeypatch):
         calls.append(1)
         return {"stream": 0}
 
-    engine = autograd.KernelEngine(K, lambda t: dev(t.detach().contiguous()),
-                                   lambda a: torch.from_numpy(a.copy_to_host()), launch_kwargs)
-    monkeypatch.setattr(autograd, "engine_for", lambda device: engine)
+    engine = KernelEngine("cuda", K, lambda t: dev(t.detach().contiguous()),
+                          lambda a: torch.from_numpy(a.copy_to_host()), launch_kwargs)
+    monkeypatch.setattr(convkit.engine.cpu, "CPU_ENGINE", engine)
     return calls
 
 
