@@ -294,8 +294,15 @@ def build(out_dir: str, arch_name: str, dtypes: Sequence[str] = DTYPES,
     os.makedirs(out_dir, exist_ok=True)
     specs = collect_specs(dtypes, only)
     entries, rows = [], []
+    if not specs:
+        raise ToolError(f"no kernel name contains any of {list(only or [])}")
     for name, dt, spec in specs:
-        ptx = compile_spec(spec, arch)
+        try:
+            ptx = compile_spec(spec, arch)
+        except _compiler_errors() as e:
+            raise ToolError(f"numba.cuda cannot compile PTX here: the CUDA compiler libraries "
+                            f"(NVVM, NVRTC) are missing ({type(e).__name__}: {e!s:.300}).\n"
+                            f"  {INSTALL_HINT}") from e
         ptx_file = _file_name(name) + ".ptx"
         with open(os.path.join(out_dir, ptx_file), "w") as f:
             f.write(ptx)
@@ -520,6 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _compiler_errors() -> tuple:
+    """What numba.cuda raises when NVVM / NVRTC cannot be found or loaded."""
+    from numba.cuda.cudadrv.error import CudaSupportError, NvvmSupportError
+
+    errors = [CudaSupportError, NvvmSupportError, OSError]
+    try:
+        from cuda.pathfinder import DynamicLibNotFoundError
+        errors.append(DynamicLibNotFoundError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``convkit gpu-report``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -541,12 +561,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ToolError as e:
         print(f"convkit gpu-report: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - NVVM / NVRTC missing surface as assorted errors
-        if "NVVM" in str(e) or "NVRTC" in str(e) or "libnvvm" in str(e).lower():
-            print(f"convkit gpu-report: the CUDA compiler libraries are missing ({e}).\n"
-                  f"  {INSTALL_HINT}", file=sys.stderr)
-            return 2
-        raise
     with open(os.path.join(args.out, "report.json")) as f:
         n = len(json.load(f)["kernels"])
     print(f"wrote {n} PTX files and {args.out}/report.json")

@@ -121,6 +121,18 @@ def test_missing_tools_name_the_packages(tmp_path, monkeypatch, capsys):
                                                      "relu_backward_float64"]
 
 
+def test_missing_compiler_libraries_name_the_packages(tmp_path, monkeypatch, capsys):
+    from numba.cuda.cudadrv.error import NvvmSupportError
+
+    def no_nvvm(spec, arch):
+        raise NvvmSupportError("libNVVM cannot be found")
+
+    monkeypatch.setattr(G, "compile_spec", no_nvvm)
+    assert G.main(["--out", str(tmp_path), "--only", "relu_forward"]) == 2
+    err = capsys.readouterr().err
+    assert "NVVM" in err and "nvidia-cuda-nvcc-cu12==12.9.86" in err and "gpu-tools" in err
+
+
 def test_every_kernel_is_declared_once_with_a_valid_spec():
     from convkit.kernels.cuda import kernel_specs
     from convkit.kernels.cuda._report import KINDS
