@@ -346,23 +346,34 @@ def failed_gates(rows: Sequence[dict]) -> List[str]:
     return [f"{r['name']}: {g}" for r in rows for g, ok in r["gates"].items() if ok is False]
 
 
-def kernel_table(rows: Sequence[dict], arch_name: str) -> str:
-    """The per-kernel table printed by the tool."""
-    head = (f"{'kernel':<44} {'kind':<7} {'thr':>4} {'regs':>4} {'spill':>5} {'smem':>6} "
-            f"{'occ':>6} {'FMA loop (instr/FMA/%)':>22} {'f64':>4} {'div64':>5} {'lmem':>4}  gates")
-    lines = [f"sm target {arch_name}; occ = theoretical occupancy; FMA loop = innermost loop "
-             "with FFMA/DFMA; f64 = float64 instructions; div64 = 64-bit div/rem calls in loops; "
-             "lmem = LDL/STL", head, "-" * len(head)]
+GATE_HEADERS = {"no_spills": "spill", "no_local_memory": "lmem", "no_float64_in_float32": "f64",
+                "no_div64_in_loop": "div", "occupancy": "occ", "fma_share": "fma"}
+
+
+LEGEND = ("thr = threads per block, spill = spill bytes, smem = static + dynamic shared bytes, "
+          "occ = theoretical occupancy, FMA loop = the innermost loop with FFMA/DFMA, f64 = "
+          "float64 instructions, div64 = 64-bit div/rem calls inside loops, lmem = LDL/STL; "
+          "gates: ok, FAIL, - (not applicable to the kernel)")
+
+
+def kernel_table(rows: Sequence[dict]) -> str:
+    """The per-kernel table printed by the tool: measurements, then one column per gate."""
+    w = max([len(r["name"]) for r in rows] + [6])
+    gates = " ".join(f"{h:>5}" for h in GATE_HEADERS.values())
+    head = (f"{'kernel':<{w}} {'kind':<7} {'thr':>4} {'regs':>4} {'spill':>5} {'smem':>6} "
+            f"{'occ':>6} {'FMA loop instr/FMA/%':>20} {'f64':>4} {'div64':>5} {'lmem':>4} | "
+            f"{gates}")
+    lines = [head, "-" * len(head)]
     for r in rows:
         s, fl = r["sass"], r["sass"]["fma_loop"]
         loop = "-" if fl is None else f"{fl['instructions']}/{fl['fma']}/{100 * fl['share']:.0f}%"
-        bad = [g for g, ok in r["gates"].items() if ok is False]
+        verdicts = " ".join(f"{'-' if ok is None else 'ok' if ok else 'FAIL':>5}"
+                            for ok in (r["gates"][g] for g in GATE_HEADERS))
         lines.append(
-            f"{r['name']:<44} {r['kind']:<7} {r['threads']:>4} {r['regs']:>4} "
+            f"{r['name']:<{w}} {r['kind']:<7} {r['threads']:>4} {r['regs']:>4} "
             f"{r['spill_stores'] + r['spill_loads']:>5} {r['smem'] + r['dynamic_smem']:>6} "
-            f"{100 * r['occupancy']:>5.1f}% {loop:>22} {s['float64_instructions']:>4} "
-            f"{s['div64_calls_in_loops']:>5} {s['local_memory_instructions']:>4}  "
-            + ("PASS" if not bad else "FAIL " + ",".join(bad)))
+            f"{100 * r['occupancy']:>5.1f}% {loop:>20} {s['float64_instructions']:>4} "
+            f"{s['div64_calls_in_loops']:>5} {s['local_memory_instructions']:>4} | {verdicts}")
     return "\n".join(lines)
 
 
@@ -570,11 +581,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"convkit gpu-report: {' and '.join(missing)} not found, so no registers, "
               f"occupancy or SASS analysis.\n  {INSTALL_HINT}")
         return 2 if args.check else 0
-    print(f"ptxas: {analysis['ptxas']}\nnvdisasm: {analysis['nvdisasm']}\n")
+    print(f"ptxas: {analysis['ptxas']}\nnvdisasm: {analysis['nvdisasm']}\n\n{LEGEND}\n")
     for dt in args.dtypes:
         part = [r for r in rows if r["dtype"] == dt]
         if part:
-            print(f"[{dt}]\n{kernel_table(part, args.arch)}\n")
+            print(f"[{args.arch}, {dt}]\n{kernel_table(part)}\n")
     if not args.no_roofline and analysis.get("roofline"):
         print(roofline_table(analysis["roofline"]) + "\n")
     failed = failed_gates(rows)
