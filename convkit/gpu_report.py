@@ -450,9 +450,13 @@ def roofline(rows: Sequence[dict]) -> dict:
     bytes / HBM bandwidth), x, w and y moved once. The im2col estimate issues FMAs at the GEMM
     inner loop's FFMA share of peak and adds the unfolded matrix written and read once; the
     direct estimate per pass uses the best FFMA share among float32 compute kernels whose name
-    has "direct" and the pass. ReLU / max-pool (2x2): bytes / bandwidth."""
+    has "direct" and the pass (or no pass name at all: a kernel serving several passes).
+    ReLU / max-pool (2x2): bytes / bandwidth."""
     gemm = _best_share(rows, ("gemm",))
     direct = {p: _best_share(rows, ("direct", p)) for p in PASSES}
+    shared = _best_share([r for r in rows if not any(p in r["name"] for p in PASSES)],
+                         ("direct",))  # one direct kernel serving several passes
+    direct = {p: shared if d is None else d for p, d in direct.items()}
     convs = []
     for s in _bench_table("CONV_SHAPES", _FALLBACK_CONVS):
         OH = _out_size(s.H, s.KH, s.stride[0], s.padding[0], s.dilation[0])
