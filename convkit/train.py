@@ -190,7 +190,7 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     device = torch.device(config.device)
     ranks = distributed.setup(device)
     config.validate(ranks.world_size)
-    if device.type == "cuda" and ranks.world_size > 1:
+    if device.type == "cuda" and distributed.active():  # one GPU per rank on each machine
         device = torch.device("cuda", ranks.local_rank)
     with _RunSettings(config, ranks, device):
         return _train(config, ranks, device, dataset, out, log, resume)
