@@ -135,5 +135,6 @@ def test_python_dash_m_convkit():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0
     for option in ("--backend", "--data", "--epochs", "--batch-size", "--lr", "--seed",
-                   "--device", "--out", "--json", "--compare", "--limit-batches"):
+                   "--device", "--out", "--json", "--compare", "--limit-batches",
+                   "--nproc-per-node", "--threads", "--dropout", "--deterministic", "--resume"):
         assert option in res.stdout
