@@ -17,7 +17,9 @@ from convkit.autograd import (
     MaxPool2dFunction,
     ReLUFunction,
     call_function,
+    relu_inplace,
 )
+from convkit.autograd.ops import REDUCED_DTYPES
 from convkit.engine.algorithm import select_algorithm  # noqa: F401  (public name)
 from convkit.kernels.shapes import (
     ArgumentError,
@@ -31,11 +33,10 @@ from convkit.kernels.shapes import (
 )
 
 IntOrPair = Union[int, Sequence[int]]
-# the dtypes the kernels compute in; float16 / bfloat16 are computed in float32 and rounded once
-# at the end (what torch's CPU kernels do for them: float32 accumulation), so relu and max_pool2d
-# are exact and conv2d is within one rounding of torch
+# the dtypes the kernels compute in; float16 / bfloat16 (REDUCED_DTYPES) are computed in float32
+# and rounded once at the end by the ops (what torch's CPU kernels do for them: float32
+# accumulation), so relu and max_pool2d are exact and conv2d is within one rounding of torch
 KERNEL_DTYPES = (torch.float32, torch.float64)
-REDUCED_DTYPES = (torch.float16, torch.bfloat16)
 FLOAT_DTYPES = KERNEL_DTYPES + REDUCED_DTYPES
 _DTYPE_WORDS = "torch.float32, torch.float64, torch.float16 or torch.bfloat16"
 ALGORITHMS = ("auto", "direct", "im2col")
@@ -53,14 +54,6 @@ def _check_float(t: torch.Tensor, name: str, op: str) -> None:
                          f"but got {t.dtype}")
 
 
-def _channels_last(t: Optional[torch.Tensor]) -> bool:
-    """t is laid out channels-last (and not also plainly contiguous): torch then returns
-    channels-last results from conv2d and max_pool2d, and so does convkit (its kernels work in
-    NCHW: the input is copied in and the result copied out)."""
-    return (t is not None and t.dim() == 4 and not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last))
-
-
 def _stride_order(t: torch.Tensor) -> list:
     """t's dims from the largest stride to the smallest: t.permute(order) is C-contiguous when t
     is dense in any order (channels-last, a transpose). A broadcast (stride-0) dim keeps the
@@ -70,9 +63,20 @@ def _stride_order(t: torch.Tensor) -> list:
     return sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
 
 
-def _float32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """t in float32 (differentiable: the gradient is rounded back to t's dtype)."""
-    return None if t is None else t.float()
+def _autocast(*tensors):
+    """The tensors as torch's autocast hands them to a lower-precision op such as conv2d: inside
+    ``torch.autocast(device, dtype)``, float32 / float16 / bfloat16 tensors in the autocast dtype
+    (float64 ones and None unchanged); outside it, unchanged."""
+    device_type = tensors[0].device.type
+    if device_type not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.dtype in _AUTOCAST_ELIGIBLE else t
+                 for t in tensors)
+
+
+_AUTOCAST_ELIGIBLE = (torch.float32,) + REDUCED_DTYPES
+_AUTOCAST_DEVICES = ("cpu", "cuda")  # the devices convkit runs on (others have no kernels)
 
 
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -107,6 +111,7 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
     _check_tensor(weight, "weight", "conv2d")
     if bias is not None:
         _check_tensor(bias, "bias", "conv2d")
+    input, weight, bias = _autocast(input, weight, bias)
     if algorithm not in ALGORITHMS:
         raise ArgumentError(f"conv2d(): algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if input.dim() not in (3, 4):
@@ -127,9 +132,6 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
         if t is not None and t.device != input.device:
             raise RuntimeError(f"conv2d(): expected all tensors to be on the same device, but "
                                f"input is on {input.device} and {name} on {t.device}")
-    if input.dtype in REDUCED_DTYPES:
-        return _conv2d(function, _float32(input), _float32(weight), _float32(bias), stride,
-                       padding, dilation, groups, algorithm).to(input.dtype)
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
@@ -143,8 +145,6 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
                  stride, padding, dilation, groups)
     y = call_function(function, input, weight, bias, stride, padding, dilation, groups,
                       algorithm)
-    if _channels_last(input) or _channels_last(weight):
-        y = y.contiguous(memory_format=torch.channels_last)
     return y.squeeze(0) if unbatched else y
 
 
@@ -154,21 +154,18 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     stride order."""
     _check_tensor(input, "input", "relu")
     _check_float(input, "input", "relu")
-    if input.dtype in REDUCED_DTYPES:
-        y = relu(_float32(input)).to(input.dtype)
-        return input.copy_(y) if inplace else y
     if not input.is_contiguous():
         # work on the permutation with the strides in decreasing order: the result has the
         # input's stride order, as torch's (and a dense input, channels-last say, is not copied)
         order = _stride_order(input)
         permuted = input.permute(order)
         if inplace and not permuted.is_contiguous():
-            return input.copy_(ReLUFunction.apply(input, False))
+            return input.copy_(ReLUFunction.apply(input))
         y = relu(permuted if permuted.is_contiguous() else permuted.contiguous(), inplace)
         return input if inplace else y.permute([order.index(d) for d in range(len(order))])
     if inplace:
-        return ReLUFunction.apply(input, True)
-    return call_function(ReLUFunction, input, False)
+        return relu_inplace(input)
+    return call_function(ReLUFunction, input)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -187,19 +184,12 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
                             f"but got input of size: {list(input.shape)}")
     _check_float(input, "input", "max_pool2d")
     kernel, stride, padding, dilation = max_pool2d_args(kernel_size, stride, padding, dilation)
-    if input.dtype in REDUCED_DTYPES:
-        y, indices = max_pool2d_with_indices(_float32(input), kernel, stride, padding, dilation,
-                                             ceil_mode)
-        return y.to(input.dtype), indices
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
     check_max_pool2d(tuple(input.shape), kernel, stride, padding, dilation, bool(ceil_mode))
     y, indices = call_function(MaxPool2dFunction, input, kernel, stride, padding, dilation,
                                bool(ceil_mode))
-    if _channels_last(input):
-        y = y.contiguous(memory_format=torch.channels_last)
-        indices = indices.contiguous(memory_format=torch.channels_last)
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return y, indices
