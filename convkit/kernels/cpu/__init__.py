@@ -10,7 +10,7 @@ Arguments are assumed valid (``convkit.functional`` validates them through
 import numpy as np
 
 from convkit.kernels.cpu import conv_direct, conv_im2col
-from convkit.kernels.cpu.conv_direct import conv2d_backward_bias
+from convkit.kernels.cpu.conv_direct.bias import conv2d_backward_bias
 from convkit.kernels.cpu.pool import max_pool2d_backward, max_pool2d_forward
 from convkit.kernels.cpu.relu import relu_backward, relu_forward
 from convkit.kernels.shapes import conv_output_size

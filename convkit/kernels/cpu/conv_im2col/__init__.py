@@ -33,7 +33,7 @@ import numpy as np
 from numba import carray, njit, prange
 
 from convkit.kernels.cpu._native import cblas_gemm, fetch_add, voidptr
-from convkit.kernels.cpu.conv_direct import transposed_filter, transposed_padding
+from convkit.kernels.cpu.conv_common import transposed_filter, transposed_padding
 from convkit.kernels.cpu.relu import relu_value
 from convkit.runtime import blas, memory
 from convkit.runtime.jit import parallel_call
