@@ -7,6 +7,7 @@ non-contiguous input every third case. The reference is torch in float64.
 """
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,29 +143,64 @@ def test_conv2d_matches_torch(case, algorithm, dtype):
         torch.testing.assert_close(o, r.to(dtype), **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_conv2d_im2col_native_path_covers_both_dtypes():
-    # where numpy's OpenBLAS exposes cblas, float32 and float64 both take the Numba-worker path
-    # (the other parity tests then exercise it; the fallback is tested below)
-    import numpy as np
+def _cblas_or_skip(pipeline):
+    from convkit.kernels.cpu.conv_im2col import cblas_workers
 
-    from convkit.kernels.cpu import conv_im2col
-    from convkit.runtime import blas
-
-    if blas.gemm_address("f") is None:
+    if pipeline == "cblas" and not cblas_workers.available(np.float64):
         pytest.skip("numpy's BLAS has no ILP64 OpenBLAS cblas here")
+
+
+def test_conv2d_im2col_cblas_pipeline_covers_both_dtypes(monkeypatch):
+    # where numpy's OpenBLAS exposes cblas, float32 and float64 both take the cblas-worker
+    # pipeline by default (the other parity tests then exercise it; the numpy one below)
+    from convkit.kernels.cpu import conv_im2col
+    from convkit.kernels.cpu.conv_im2col import cblas_workers
+
+    _cblas_or_skip("cblas")
+    monkeypatch.delenv(conv_im2col.PIPELINE_ENV, raising=False)
     for dtype in (np.float32, np.float64):
-        assert conv_im2col._native_ok(dtype, 1, 1, 1, 1)
+        assert conv_im2col.pipeline_for(dtype, 1, 1, 1, 1) is cblas_workers
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES[::6], ids=[_case_id(c) for c in CASES[::6]])
-def test_conv2d_im2col_numpy_gemm_fallback(monkeypatch, case, dtype):
-    # where numpy's BLAS exposes no cblas (not OpenBLAS), im2col runs its GEMMs with
-    # numpy.matmul on convkit's own threads: same numbers
+def test_conv2d_im2col_numpy_pipeline(monkeypatch, case, dtype):
+    # CONVKIT_IM2COL_PIPELINE=numpy: im2col's GEMMs run as numpy.matmul on convkit's own threads
+    # (what runs where numpy's BLAS exposes no cblas): same numbers
+    from convkit.kernels.cpu import conv_im2col
+    from convkit.kernels.cpu.conv_im2col import numpy_matmul
+
+    monkeypatch.setenv(conv_im2col.PIPELINE_ENV, "numpy")
+    assert conv_im2col.pipeline_for(np.float32, 1, 1, 1, 1) is numpy_matmul
+    test_conv2d_matches_torch(case, "im2col", dtype)
+
+
+def test_im2col_pipeline_choice(monkeypatch):
+    from convkit.kernels.cpu import conv_im2col
+    from convkit.kernels.cpu.conv_im2col import cblas_workers, numpy_matmul
     from convkit.runtime import blas
 
+    env = conv_im2col.PIPELINE_ENV
+    choose = conv_im2col.pipeline_for
+    monkeypatch.delenv(env, raising=False)
+    auto = cblas_workers if cblas_workers.available(np.float32) else numpy_matmul
+    assert choose(np.float32, 2, 3, 4, 5) is auto
+    assert choose(np.float32, 0, 3, 4, 5) is numpy_matmul  # no GEMM to run
+    assert choose(np.float32, 2, 3, 4, 5, pipeline="numpy") is numpy_matmul
+    monkeypatch.setenv(env, "numpy")
+    assert choose(np.float32, 2, 3, 4, 5) is numpy_matmul
+    assert choose(np.float32, 2, 3, 4, 5, pipeline="auto") is auto  # the keyword wins
+    monkeypatch.setenv(env, "fast")
+    with pytest.raises(ValueError, match=f"{env} must be 'auto', 'cblas' or 'numpy', got 'fast'"):
+        choose(np.float32, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match="pipeline must be .* got 'gpu'"):
+        choose(np.float32, 2, 3, 4, 5, pipeline="gpu")
+    # a numpy whose BLAS has no cblas: auto falls back, an explicit cblas says why it cannot
+    monkeypatch.delenv(env)
     monkeypatch.setattr(blas, "gemm_address", lambda char: None)
-    test_conv2d_matches_torch(case, "im2col", dtype)
+    assert choose(np.float64, 2, 3, 4, 5) is numpy_matmul
+    with pytest.raises(ValueError, match="no ILP64 cblas_.gemm for float64"):
+        choose(np.float64, 2, 3, 4, 5, pipeline="cblas")
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "direct", "im2col"])
@@ -210,16 +246,20 @@ def test_conv2d_nan_and_inf_propagate(algorithm):
     torch.testing.assert_close(y, ref, equal_nan=True, atol=1e-5, rtol=1e-5)
 
 
-def test_conv2d_im2col_blocks_and_workers(monkeypatch):
+@pytest.mark.parametrize("pipeline", ["cblas", "numpy"])
+def test_conv2d_im2col_blocks_and_workers(monkeypatch, pipeline):
     # a block budget of one image and three GEMM workers: one GEMM per image, images handed out
     # to whichever thread asks first, per-block partial weight gradients summed; results must
     # not change
     from convkit.kernels.cpu import conv_im2col
+    from convkit.kernels.cpu.conv_im2col import unfold
     from convkit.runtime import blas
 
+    _cblas_or_skip(pipeline)
+    monkeypatch.setenv(conv_im2col.PIPELINE_ENV, pipeline)
     x, w, b = torch.randn(5, 3, 9, 9, dtype=torch.float64), \
         torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-    monkeypatch.setattr(conv_im2col, "IM2COL_BLOCK_BYTES", 1)
+    monkeypatch.setattr(unfold, "IM2COL_BLOCK_BYTES", 1)
     monkeypatch.setattr(blas, "workers", lambda flops: 3)
     ours = _grads(lambda x, w, b: CF.conv2d(x, w, b, padding=1, algorithm="im2col"), x, w, b, 3)
     ref = _grads(lambda x, w, b: F.conv2d(x, w, b, padding=1), x, w, b, 3)
@@ -227,20 +267,24 @@ def test_conv2d_im2col_blocks_and_workers(monkeypatch):
         torch.testing.assert_close(o, r)
 
 
+@pytest.mark.parametrize("pipeline", ["cblas", "numpy"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_conv2d_im2col_weight_gradient_is_deterministic(monkeypatch, dtype):
+def test_conv2d_im2col_weight_gradient_is_deterministic(monkeypatch, dtype, pipeline):
     # blocks go to whichever worker is free, so the reduction order must not follow the
     # workers: 1 or 3 workers, bitwise the same weight gradient every time
     from convkit.kernels.cpu import conv_im2col
+    from convkit.kernels.cpu.conv_im2col import unfold
     from convkit.runtime import blas
 
+    _cblas_or_skip(pipeline)
     x = torch.randn(9, 4, 11, 11, dtype=dtype).numpy()
     gy = torch.randn(9, 6, 11, 11, dtype=dtype).numpy()
-    monkeypatch.setattr(conv_im2col, "IM2COL_BLOCK_BYTES", 1)
+    monkeypatch.setattr(unfold, "IM2COL_BLOCK_BYTES", 1)
     results = []
     for threads in (1, 3, 3, 2):
         monkeypatch.setattr(blas, "workers", lambda flops, t=threads: t)
-        results.append(conv_im2col.backward_weight(x, gy, (6, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1))
+        results.append(conv_im2col.backward_weight(x, gy, (6, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1,
+                                                   pipeline=pipeline))
     for r in results[1:]:
         assert r.tobytes() == results[0].tobytes()
     gw = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), (6, 4, 3, 3),
@@ -266,13 +310,16 @@ BWD_INPUT_ROUTES = [
 ]
 
 
+@pytest.mark.parametrize("pipeline", ["cblas", "numpy"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("route", BWD_INPUT_ROUTES)
-def test_im2col_backward_input_routes(monkeypatch, route, dtype):
+def test_im2col_backward_input_routes(monkeypatch, route, dtype, pipeline):
     """Stride-1 im2col backward-input with K <= C runs the forward pipeline on grad_output with
     the transposed filter; every route matches torch's input gradient."""
     from convkit.kernels.cpu import conv_im2col
 
+    _cblas_or_skip(pipeline)
+    monkeypatch.setenv(conv_im2col.PIPELINE_ENV, pipeline)
     xs, ws, padding, dilation, groups, forward_route = route
     taken = []
     real = conv_im2col.forward
@@ -289,3 +336,135 @@ def test_im2col_backward_input_routes(monkeypatch, route, dtype):
     (ref,) = torch.autograd.grad(F.conv2d(xr, w, None, 1, padding, dilation, groups), xr, gy)
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(gx, ref, **tol)
+
+
+# --- every direct version and both im2col pipelines called on their own ------------------------
+# (not only on the shapes the dispatch tables pick them for): each has its pass's signature
+
+def _numpy_case(case, dtype):
+    """(x, w, b, gy, conf) as contiguous numpy arrays, conf = (stride, padding, dilation, groups)
+    with the case's padding resolved to its symmetric part; None if that leaves no output."""
+    from convkit.kernels.shapes import conv2d_padding, conv_output_size
+
+    x, w, b = _make(case, dtype)
+    pads, _ = conv2d_padding(case["padding"], (case["KH"], case["KW"]), case["stride"],
+                             case["dilation"])
+    out_hw = [conv_output_size(x.shape[2 + i], w.shape[2 + i], case["stride"][i], pads[i],
+                               case["dilation"][i]) for i in range(2)]
+    if min(out_hw) < 1:
+        return None
+    gy = torch.randn((case["N"], case["K"], *out_hw), dtype=dtype)
+    arrays = [None if t is None else t.contiguous().numpy() for t in (x, w, b, gy)]
+    return (*arrays, (case["stride"], pads, case["dilation"], case["groups"]))
+
+
+def _torch_pass_results(x, w, b, gy, conf):
+    """torch in float64: y, relu(y), grad_input, grad_weight."""
+    stride, padding, dilation, groups = conf
+    xt, wt = (torch.from_numpy(a).double().requires_grad_() for a in (x, w))
+    bt = None if b is None else torch.from_numpy(b).double()
+    y = F.conv2d(xt, wt, bt, stride, padding, dilation, groups)
+    gx, gw = torch.autograd.grad(y, (xt, wt), torch.from_numpy(gy).double())
+    return y.detach(), torch.relu(y.detach()), gx, gw
+
+
+def _direct_versions(w_shape, conf):
+    """Every direct version that applies to this problem, by pass."""
+    from convkit.kernels.cpu import conv_direct as D
+    from convkit.kernels.cpu.conv_common import transposed_padding
+
+    stride, padding, dilation, _ = conf
+    forward = [D.forward_plane.forward, D.forward_kinner.forward]
+    backward_input = [D.backward_input_plane.backward_input, D.backward_input_cinner.backward_input,
+                      D.backward_input_kdot.backward_input]
+    if tuple(stride) == (1, 1):
+        forward.append(D.forward_shifted.forward)
+        if min(transposed_padding(w_shape, padding, dilation)) >= 0:
+            backward_input += [D.forward_kinner.backward_input, D.forward_shifted.backward_input]
+    return dict(forward=forward, backward_input=backward_input,
+                backward_weight=[D.backward_weight_plane.backward_weight,
+                                 D.backward_weight_kinner.backward_weight])
+
+
+def _version(fn):
+    """'forward_kinner.backward_input' for that function."""
+    return f"{fn.__module__.rpartition('.')[2]}.{fn.__name__}"
+
+
+def _check_pass_functions(versions, case, dtype):
+    """Each function ``versions(w.shape, conf)`` lists, by pass, against torch in float64."""
+    data = _numpy_case(case, dtype)
+    if data is None:
+        pytest.skip("no output with the symmetric part of this padding")
+    x, w, b, gy, conf = data
+    y, y_relu, gx, gw = _torch_pass_results(*data)
+    tol = dict(atol=2e-4, rtol=2e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)
+
+    def check(name, fn, got, ref):
+        got = torch.from_numpy(got)
+        assert got.dtype == dtype and got.shape == ref.shape, (name, _version(fn))
+        torch.testing.assert_close(got.double(), ref, **tol,
+                                   msg=lambda m: f"{_version(fn)} {name}: {m}")
+
+    fns = versions(w.shape, conf)
+    for fn in fns["forward"]:
+        check("y", fn, fn(x, w, b, *conf, tuple(y.shape[2:])), y)
+        check("relu(y)", fn, fn(x, w, b, *conf, tuple(y.shape[2:]), relu=True), y_relu)
+    for fn in fns["backward_input"]:
+        check("grad_input", fn, fn(gy, w, x.shape, *conf), gx)
+    for fn in fns["backward_weight"]:
+        check("grad_weight", fn, fn(x, gy, w.shape, *conf), gw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES[::3], ids=[_case_id(c) for c in CASES[::3]])
+def test_direct_every_version_matches_torch(case, dtype):
+    _check_pass_functions(_direct_versions, case, dtype)
+
+
+@pytest.mark.parametrize("pipeline", ["cblas", "numpy"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES[1::6], ids=[_case_id(c) for c in CASES[1::6]])
+def test_im2col_pipeline_modules_match_torch(case, dtype, pipeline):
+    from convkit.kernels.cpu.conv_im2col import PIPELINES
+
+    _cblas_or_skip(pipeline)
+    module = PIPELINES[pipeline]
+    _check_pass_functions(lambda w_shape, conf: dict(forward=[module.forward],
+                                                     backward_input=[module.backward_input],
+                                                     backward_weight=[module.backward_weight]),
+                          case, dtype)
+
+
+# (filter shape, stride, padding, dilation, groups, forward, backward-input, backward-weight)
+DIRECT_TABLE = [
+    ((32, 1, 5, 5), (1, 1), (2, 2), (1, 1), 1,  # SimpleCNN conv1
+     "forward_shifted", "backward_input_kdot", "backward_weight_kinner"),
+    ((64, 32, 5, 5), (1, 1), (2, 2), (1, 1), 1,  # SimpleCNN conv2
+     "forward_kinner", "forward_kinner", "backward_weight_kinner"),
+    ((32, 1, 3, 3), (1, 1), (1, 1), (1, 1), 32,  # depthwise
+     "forward_shifted", "forward_shifted", "backward_weight_plane"),
+    ((32, 1, 3, 3), (2, 2), (1, 1), (1, 1), 32,  # strided depthwise
+     "forward_plane", "backward_input_plane", "backward_weight_plane"),
+    ((128, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1,  # strided ResNet 3x3
+     "forward_kinner", "backward_input_cinner", "backward_weight_kinner"),
+    ((64, 3, 7, 7), (2, 2), (3, 3), (1, 1), 1,  # stem
+     "forward_kinner", "backward_input_kdot", "backward_weight_kinner"),
+    ((8, 8, 3, 3), (1, 1), (3, 0), (1, 1), 1,  # padding past the kernel: no transposed forward
+     "forward_kinner", "backward_input_cinner", "backward_weight_kinner"),
+    ((4, 8, 3, 3), (1, 1), (1, 1), (1, 1), 1,  # 8 in, 4 out channels
+     "forward_plane", "forward_kinner", "backward_weight_plane"),
+]
+
+
+@pytest.mark.parametrize("row", DIRECT_TABLE,
+                         ids=["w{}x{}x{}x{}-s{}".format(*r[0], r[1][0]) for r in DIRECT_TABLE])
+def test_direct_dispatch_table(row):
+    """The modules conv_direct's docstring table names for these shapes."""
+    from convkit.kernels.cpu import conv_direct as D
+
+    w_shape, stride, padding, dilation, groups, fwd, bwd_in, bwd_w = row
+    assert _version(D.forward_version(w_shape, stride, groups)) == f"{fwd}.forward"
+    assert (_version(D.backward_input_version(w_shape, stride, padding, dilation, groups))
+            == f"{bwd_in}.backward_input")
+    assert _version(D.backward_weight_version(w_shape, groups)) == f"{bwd_w}.backward_weight"

@@ -149,7 +149,8 @@ def test_convert_fuse_relu_in_sequential():
 
 # every kernel the fused epilogue lives in: direct shifted-plane (stride 1, <= 4 channels per
 # group), direct channel-inner (>= 8 output channels per group), direct plane (depthwise,
-# strided), im2col (native cblas pipeline, and the numpy fallback below)
+# strided), im2col (both pipelines: cblas workers and numpy.matmul, chosen by
+# CONVKIT_IM2COL_PIPELINE)
 FUSED_CASES = [
     ((2, 1, 9, 8), (8, 1, 3, 3), dict(padding=1)),
     ((2, 6, 9, 8), (16, 6, 3, 2), dict(stride=(2, 1), padding=(1, 0))),
@@ -158,18 +159,20 @@ FUSED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("numpy_gemm", [False, True], ids=["cblas", "numpy-gemm"])
+@pytest.mark.parametrize("pipeline", ["cblas", "numpy"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("case", range(len(FUSED_CASES)))
 @pytest.mark.parametrize("algorithm", ["direct", "im2col"])
-def test_conv2d_relu_epilogue_in_every_kernel(algorithm, case, bias, numpy_gemm, monkeypatch):
+def test_conv2d_relu_epilogue_in_every_kernel(algorithm, case, bias, pipeline, monkeypatch):
     """The fused ReLU equals relu(conv2d) of the same algorithm bit for bit, NaN and -0.0
     included, and torch's relu(conv2d) to rounding."""
-    if numpy_gemm:
-        if algorithm == "direct":
-            pytest.skip("the numpy fallback is im2col's")
-        from convkit.runtime import blas
-        monkeypatch.setattr(blas, "gemm_address", lambda char: None)
+    from convkit.kernels.cpu.conv_im2col import PIPELINE_ENV, cblas_workers
+
+    if algorithm == "direct" and pipeline == "numpy":
+        pytest.skip("the pipelines are im2col's")
+    if pipeline == "cblas" and not cblas_workers.available(np.float32):
+        pytest.skip("numpy's BLAS has no ILP64 OpenBLAS cblas here")
+    monkeypatch.setenv(PIPELINE_ENV, pipeline)
     xshape, wshape, kwargs = FUSED_CASES[case]
     torch.manual_seed(case)
     x = torch.randn(xshape)

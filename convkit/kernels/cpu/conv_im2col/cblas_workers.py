@@ -1,0 +1,253 @@
+"""im2col pipeline 2: Numba workers calling numpy's OpenBLAS ``cblas_?gemm`` by address.
+
+The same work as pipeline 1 (``numpy_matmul``), with no Python in the loop: T workers, started as
+one parallel loop over the workers (so they run on the same pool as every other convkit loop:
+torch's OpenMP pool, see ``convkit.runtime.openmp``), each take the next block of images from an
+atomic counter and run unfold -> one single-threaded ``cblas_?gemm`` per image and group (->
+fold) on it while the block is hot in its core's cache. The GEMM's address comes from
+``convkit.runtime.blas.gemm_address`` at run time (see ``_native.cblas_gemm``), so compiled code
+holds no process-specific address and can be cached. Usable where numpy's BLAS is an ILP64
+OpenBLAS with cblas (``available``). Same signatures as ``convkit.kernels.cpu.conv_im2col``'s
+forward / backward_input / backward_weight (backward_input here is always GEMM + col2im), for
+problems with no zero size.
+
+A worker gets everything through one int64 argument block (counters, sizes, conv parameters,
+array addresses) and the dtype; its unfold buffer is its own slot of a shared scratch array
+(slots handed out by another atomic counter).
+"""
+import numpy as np
+from numba import carray, njit, prange
+
+from convkit.kernels.cpu._native import cblas_gemm, fetch_add, voidptr
+from convkit.kernels.cpu.conv_im2col.unfold import (
+    block_images,
+    col2im,
+    epilogue,
+    im2col,
+    nchw_to_kp,
+    weight_block_images,
+)
+from convkit.runtime import blas, memory
+from convkit.runtime.jit import parallel_call
+from convkit.runtime.memory import empty
+
+# argument block (int64): counters, sizes, conv parameters, addresses
+(_NEXT_BLOCK, _NEXT_SLOT, _N, _C, _H, _W, _K, _CG, _KH, _KW, _SH, _SW, _PH, _PW, _DH, _DW, _OH,
+ _OW, _G, _NB, _GEMM, _X, _WT, _B, _Y, _SCRATCH, _PARTIALS, _RELU, NARGS) = range(29)
+_NO_TRANS, _TRANS = 111, 112  # CblasNoTrans, CblasTrans
+
+
+def available(dtype) -> bool:
+    """Whether numpy's BLAS exposes the ``cblas_?gemm`` this pipeline calls for ``dtype``."""
+    return blas.gemm_address(np.dtype(dtype).char) is not None
+
+
+@njit(inline="always")
+def _conv_params(a):
+    return (a[_KH], a[_KW], a[_SH], a[_SW], a[_PH], a[_PW], a[_DH], a[_DW], a[_OH], a[_OW])
+
+
+@njit(inline="always")
+def _sizes(a):
+    """(N, K, G, nb, P, Kg, R, CKK) of an argument block: R = Cg*KH*KW, CKK = C*KH*KW."""
+    K, G, KHW = a[_K], a[_G], a[_KH] * a[_KW]
+    return a[_N], K, G, a[_NB], a[_OH] * a[_OW], K // G, a[_CG] * KHW, a[_C] * KHW
+
+
+@njit(inline="always")
+def _operands(a, dtype):
+    """Forward and backward-input share their operands' shapes: the (N, C, H, W) image-side
+    array at _X (x or gx), the (K, R) filter at _WT, the (N, K, P) output-side array at _Y (y or
+    gy), and this thread's (nb, CKK, P) slot of the scratch."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    image = carray(voidptr(a[_X]), (N, a[_C], a[_H], a[_W]), dtype)
+    slot = fetch_add(a, _NEXT_SLOT)
+    cols = carray(voidptr(a[_SCRATCH] + slot * nb * CKK * P * image.itemsize), (nb, CKK, P),
+                  dtype)
+    return (image, carray(voidptr(a[_WT]), (K, R), dtype),
+            carray(voidptr(a[_Y]), (N, K, P), dtype), cols)
+
+
+@njit(nogil=True, cache=True)
+def _forward_worker(a, dtype):
+    """Take image blocks until none is left: unfold, y[n, g] = Wg @ cols[n, g] per image and
+    group, then bias and ReLU (as asked) while the block is hot."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
+    x, wm, y, cols = _operands(a, dtype)
+    one, zero = dtype.type(1), dtype.type(0)  # GEMM's alpha and beta, of the GEMM's type
+    while True:
+        n0 = fetch_add(a, _NEXT_BLOCK) * nb
+        if n0 >= N:
+            return
+        m = min(nb, N - n0)
+        im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols.reshape(nb * CKK, P),
+               CKK, 0)
+        for i in range(m):
+            for g in range(G):
+                cblas_gemm(a[_GEMM], _NO_TRANS, _NO_TRANS, Kg, P, R, one,
+                           wm[g * Kg:].ctypes.data, R, cols[i, g * R:].ctypes.data, P, zero,
+                           y[n0 + i, g * Kg:].ctypes.data, P)
+        if a[_B] != 0 or a[_RELU] != 0:
+            has_bias = a[_B] != 0  # without one, the filter's address stands in, never read
+            bias = carray(voidptr(a[_B] if has_bias else a[_WT]), (K if has_bias else 1,),
+                          dtype)
+            epilogue(y, bias, has_bias, a[_RELU] != 0, n0, m)
+
+
+@njit(nogil=True, cache=True)
+def _backward_input_worker(a, dtype):
+    """Take image blocks: dcols[n, g] = Wg^T @ gy[n, g] per image and group, then col2im into
+    gx."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
+    gx, wm, gy, dcols = _operands(a, dtype)
+    one, zero = dtype.type(1), dtype.type(0)
+    while True:
+        n0 = fetch_add(a, _NEXT_BLOCK) * nb
+        if n0 >= N:
+            return
+        m = min(nb, N - n0)
+        for i in range(m):
+            for g in range(G):
+                cblas_gemm(a[_GEMM], _TRANS, _NO_TRANS, R, P, Kg, one,
+                           wm[g * Kg:].ctypes.data, R, gy[n0 + i, g * Kg:].ctypes.data, P, zero,
+                           dcols[i, g * R:].ctypes.data, P)
+        col2im(dcols, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, gx)
+
+
+@njit(nogil=True, cache=True)
+def _backward_weight_worker(a, dtype):
+    """Take image blocks: partials[block, g] = gy_block[:, g] @ cols_block[g]^T, one long GEMM
+    over the block's nb*P output positions (cols stored (CKK, nb*P), gy copied to (K, nb*P))."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
+    x = carray(voidptr(a[_X]), (N, a[_C], a[_H], a[_W]), dtype)
+    gy = carray(voidptr(a[_Y]), (N, K, P), dtype)
+    nblocks = (N + nb - 1) // nb
+    partials = carray(voidptr(a[_PARTIALS]), (nblocks, K, R), dtype)
+    slot = fetch_add(a, _NEXT_SLOT)
+    per_slot = nb * (CKK + K) * P
+    buf = carray(voidptr(a[_SCRATCH] + slot * per_slot * x.itemsize), (per_slot,), dtype)
+    one, zero = dtype.type(1), dtype.type(0)
+    while True:
+        blk = fetch_add(a, _NEXT_BLOCK)
+        if blk >= nblocks:
+            return
+        n0 = blk * nb
+        m = min(nb, N - n0)
+        c2 = buf[:CKK * m * P].reshape(CKK, m * P)
+        g2 = buf[nb * CKK * P:nb * CKK * P + K * m * P].reshape(K, m * P)
+        im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, c2, 0, P)
+        nchw_to_kp(gy, n0, m, g2)
+        for g in range(G):
+            cblas_gemm(a[_GEMM], _NO_TRANS, _TRANS, Kg, R, m * P, one,
+                       g2[g * Kg:].ctypes.data, m * P, c2[g * R:].ctypes.data, m * P, zero,
+                       partials[blk, g * Kg:].ctypes.data, R)
+
+
+@njit(parallel=True, cache=True)
+def _forward_team(a, dtype, T):
+    for _ in prange(T):
+        _forward_worker(a, dtype)
+
+
+@njit(parallel=True, cache=True)
+def _backward_input_team(a, dtype, T):
+    for _ in prange(T):
+        _backward_input_worker(a, dtype)
+
+
+@njit(parallel=True, cache=True)
+def _backward_weight_team(a, dtype, T):
+    for _ in prange(T):
+        _backward_weight_worker(a, dtype)
+
+
+_PASSES = {"forward": (_forward_worker, _forward_team),
+           "backward_input": (_backward_input_worker, _backward_input_team),
+           "backward_weight": (_backward_weight_worker, _backward_weight_team)}
+
+
+def _run(pass_name, args, dtype, T):
+    """T workers, each taking image blocks until none is left: a parallel loop over the workers
+    (on the OpenMP pool where ``convkit.runtime.openmp`` installed it), or the worker alone for
+    T == 1."""
+    worker, team = _PASSES[pass_name]
+    dtype = np.dtype(dtype)
+    with blas.single_threaded():
+        if T > 1:
+            parallel_call(team, args, dtype, T)
+        else:
+            worker(args, dtype)
+
+
+def _args(x_shape, w_shape, conf, out_hw, nb, dtype, **addresses):
+    (sh, sw), (ph, pw), (dh, dw), G = conf
+    a = np.zeros(NARGS, dtype=np.int64)
+    a[_N:_W + 1] = x_shape
+    a[_K], a[_CG], a[_KH], a[_KW] = w_shape
+    a[_SH:_DW + 1] = (sh, sw, ph, pw, dh, dw)
+    a[_OH], a[_OW], a[_G], a[_NB] = out_hw[0], out_hw[1], G, nb
+    a[_GEMM] = blas.gemm_address(np.dtype(dtype).char)
+    for name, value in addresses.items():
+        a[globals()["_" + name.upper()]] = value
+    return a
+
+
+def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
+    """y: (N, K, OH, OW); with ``relu`` the ReLU is applied as each block of y is stored."""
+    N, C = x.shape[:2]
+    K, Cg, KH, KW = w.shape
+    P = out_hw[0] * out_hw[1]
+    x, b = np.ascontiguousarray(x), None if b is None else np.ascontiguousarray(b)
+    y = empty((N, K) + tuple(out_hw), x.dtype)
+    nb = block_images(N, C * KH * KW, P, x.itemsize)
+    nblocks = -(-N // nb)
+    T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
+    scratch = memory.scratch("im2col", T * nb * C * KH * KW * P, x.dtype)
+    wc = np.ascontiguousarray(w)
+    args = _args(x.shape, w.shape, (stride, padding, dilation, groups), out_hw, nb, x.dtype,
+                 x=x.ctypes.data, wt=wc.ctypes.data, b=0 if b is None else b.ctypes.data,
+                 y=y.ctypes.data, scratch=scratch.ctypes.data, relu=int(relu))
+    _run("forward", args, x.dtype, T)
+    return y
+
+
+def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
+    """grad_input: (N, C, H, W) by GEMM + col2im."""
+    N, K, OH, OW = gy.shape
+    C = input_shape[1]
+    _, Cg, KH, KW = w.shape
+    P = OH * OW
+    gy = np.ascontiguousarray(gy)
+    gx = empty(tuple(input_shape), gy.dtype)
+    nb = block_images(N, C * KH * KW, P, gy.itemsize)
+    nblocks = -(-N // nb)
+    T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
+    scratch = memory.scratch("im2col", T * nb * C * KH * KW * P, gy.dtype)
+    wc = np.ascontiguousarray(w)
+    args = _args(input_shape, w.shape, (stride, padding, dilation, groups), (OH, OW), nb,
+                 gy.dtype, x=gx.ctypes.data, wt=wc.ctypes.data, y=gy.ctypes.data,
+                 scratch=scratch.ctypes.data)
+    _run("backward_input", args, gy.dtype, T)
+    return gx
+
+
+def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
+    """grad_weight: (K, Cg, KH, KW), the block partials summed in block order."""
+    N, C = x.shape[:2]
+    K, Cg, KH, KW = weight_shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    P, R = OH * OW, Cg * KH * KW
+    x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy)
+    nb = weight_block_images(N, C * KH * KW, P, K, R, x.itemsize)
+    nblocks = -(-N // nb)
+    T = min(nblocks, blas.workers(2 * N * K * R * P))
+    scratch = memory.scratch("im2col", T * nb * (C * KH * KW + K) * P, x.dtype)
+    partials = memory.scratch("partials", nblocks * K * R, x.dtype).reshape(nblocks, K, R)
+    args = _args(x.shape, weight_shape, (stride, padding, dilation, groups), (OH, OW), nb,
+                 x.dtype, x=x.ctypes.data, y=gy.ctypes.data, scratch=scratch.ctypes.data,
+                 partials=partials.ctypes.data)
+    _run("backward_weight", args, x.dtype, T)
+    return partials.sum(axis=0).reshape(K, Cg, KH, KW)
