@@ -243,33 +243,11 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device,
     for epoch in range(len(epochs) + 1, config.epochs + 1):
         sampler.set_epoch(epoch - 1)
         order = torch.tensor(list(sampler), dtype=torch.long)
-        model.train()
         bar = _progress(min(len(order), n_batches * local_batch) * world,
                         f"epoch {epoch}/{config.epochs} [{config.backend}]",
                         config.progress and main)
-        losses: List[float] = []
-        loss_sum, correct, seen = 0.0, 0, 0
-        start = time.perf_counter()
-        for step in range(n_batches):
-            idx = order[step * local_batch:(step + 1) * local_batch]
-            images, labels = train_split.images[idx].to(device), train_split.labels[idx].to(device)
-            optimizer.zero_grad()
-            logits = net(images)
-            loss = F.cross_entropy(logits, labels)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            loss_sum += losses[-1] * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
-            if bar is not None:
-                bar.update(len(labels) * world)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
+        losses, loss_sum, correct, seen, seconds = _train_epoch(
+            net, optimizer, train_split, order, n_batches, local_batch, device, bar, world)
         # global numbers: every step's loss averaged over the ranks, sums over the ranks
         step_losses += (distributed.reduce_sum(torch.tensor(losses, dtype=torch.float64))
                         / world).tolist()
@@ -280,7 +258,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device,
                        "train_accuracy": 100.0 * correct / seen, "test_loss": test["loss"],
                        "test_accuracy": test["accuracy"], "seconds": seconds,
                        "images_per_second": seen / seconds, "images": int(seen)})
-        if bar is None:
+        if bar is None:  # no progress bar: one line per epoch
             e = epochs[-1]
             log(f"epoch {epoch}/{config.epochs} [{config.backend}] train loss "
                 f"{e['train_loss']:.4f} acc {e['train_accuracy']:.2f}% | test loss "
@@ -316,6 +294,38 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device,
     if out is not None and main:
         write_outputs(model, metrics, out)
     return metrics
+
+
+def _train_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, split: Split,
+                 order: torch.Tensor, n_batches: int, batch: int, device: torch.device,
+                 bar, world: int) -> Tuple[List[float], float, int, int, float]:
+    """One epoch on this rank: ``n_batches`` steps over ``split[order]``, ``batch`` images each.
+    Returns this rank's step losses, loss sum, correct count, images seen and seconds."""
+    net.train()
+    losses: List[float] = []
+    loss_sum, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    for step in range(n_batches):
+        idx = order[step * batch:(step + 1) * batch]
+        images, labels = split.images[idx].to(device), split.labels[idx].to(device)
+        optimizer.zero_grad()
+        logits = net(images)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()  # under DDP: gradients averaged over the ranks here
+        optimizer.step()
+        losses.append(loss.item())
+        loss_sum += losses[-1] * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        if bar is not None:
+            bar.update(len(labels) * world)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    return losses, loss_sum, correct, seen, seconds
 
 
 def _quiet(line: str) -> None:
