@@ -10,10 +10,6 @@ from numba import njit, prange
 from convkit.runtime.jit import twin
 from convkit.runtime.memory import empty
 
-# elements per unit of work: ReLU is memory-bound, one core already streams it at full speed
-# (measured: 1.6M floats serial 0.19 ms, parallel 0.20 ms), so only very large arrays split
-RELU_STEPS_PER_WORK = 1
-
 
 @njit(inline="always")
 def relu_value(v):
@@ -37,13 +33,12 @@ def _relu_backward(gy, y, gx):
 def relu_forward(x: np.ndarray, out: np.ndarray = None) -> np.ndarray:
     """y = relu(x) for a C-contiguous array of any shape; ``out=x`` computes in place."""
     y = empty(x.shape, x.dtype) if out is None else out
-    _relu_forward(x.size // RELU_STEPS_PER_WORK, x.reshape(-1), y.reshape(-1))
+    _relu_forward(x.size, x.reshape(-1), y.reshape(-1))  # work: one step per element
     return y
 
 
 def relu_backward(grad_output: np.ndarray, y: np.ndarray) -> np.ndarray:
     """grad_input = grad_output * (y > 0), y being the forward output."""
     gx = empty(grad_output.shape, grad_output.dtype)
-    _relu_backward(grad_output.size // RELU_STEPS_PER_WORK, grad_output.reshape(-1),
-                   y.reshape(-1), gx.reshape(-1))
+    _relu_backward(grad_output.size, grad_output.reshape(-1), y.reshape(-1), gx.reshape(-1))
     return gx
