@@ -16,8 +16,9 @@ g*Cg .. g*Cg + Cg - 1 of its group g = k // Kg. Output sizes come from ``convkit
 
 Where the fast versions live (same function names, checked against this file by the tests):
 
-    convkit/kernels/cpu/conv_direct.py   direct loop nests, Numba @njit(parallel=True)
-    convkit/kernels/cpu/conv_im2col.py   im2col / col2im + GEMM, blocked per core
+    convkit/kernels/cpu/conv_direct/     direct loop nests, Numba @njit(parallel=True): one
+                                         module per loop order, the table in __init__.py
+    convkit/kernels/cpu/conv_im2col/     im2col / col2im + GEMM, blocked per core
     convkit/kernels/cpu/pool.py          max-pool (branch-free arg-max, 2x2 fast path)
     convkit/kernels/cpu/relu.py          ReLU
     convkit/kernels/cuda/                the same files for NVIDIA GPUs (numba.cuda)
