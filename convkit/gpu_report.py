@@ -534,9 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     p.add_argument("--only", nargs="+", metavar="TEXT",
                    help="only kernels whose report name contains one of these")
-    p.add_argument("--gate-only", nargs="+", metavar="TEXT",
-                   help="with --check: fail only on kernels whose name contains one of these "
-                        "(the others are judged and printed)")
+    p.add_argument("--allow-fail", nargs="+", metavar="TEXT", default=[],
+                   help="with --check: failed gates of kernels whose name contains one of "
+                        "these are printed but do not fail the run (kernels not rewritten yet)")
     p.add_argument("--keep-cubin", action="store_true", help="also keep DIR/<kernel>.cubin")
     p.add_argument("--no-roofline", action="store_true", help="skip the H100 roofline model")
     return p
@@ -593,12 +593,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_roofline and analysis.get("roofline"):
         print(roofline_table(analysis["roofline"]) + "\n")
     failed = failed_gates(rows)
-    gated = [f for f in failed if not args.gate_only or any(g in f.split(":")[0]
-                                                             for g in args.gate_only)]
+    gated = [f for f in failed if not any(a in f.split(":")[0] for a in args.allow_fail)]
     print(f"gates (issue 13 item 3, {args.arch}): {len(failed)} failed"
-          + (f", {len(gated)} of them gated" if args.gate_only else ""))
+          + (f", {len(failed) - len(gated)} of them allowed (--allow-fail)"
+             if len(gated) < len(failed) else ""))
     for f in failed:
-        print(f"  FAIL {f}" + ("" if f in gated else "  (reported, not gated)"))
+        print(f"  FAIL {f}" + ("" if f in gated else "  (allowed to fail for now)"))
     print(f"wrote {args.out}/analysis.json")
     return 1 if args.check and gated else 0
 

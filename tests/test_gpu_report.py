@@ -133,6 +133,19 @@ def test_missing_compiler_libraries_name_the_packages(tmp_path, monkeypatch, cap
     assert "NVVM" in err and "nvidia-cuda-nvcc-cu12==12.9.86" in err and "gpu-tools" in err
 
 
+def test_check_fails_on_a_failed_gate_unless_allowed(tmp_path, monkeypatch, capsys):
+    row = dict(_row("gemm_nn_float32", share=0.4), threads=256, dynamic_smem=0, regs=100,
+               smem=0)
+    row["gates"] = G.judge(row)
+    monkeypatch.setattr(G, "build", lambda *a, **k: {
+        "kernels": [row], "ptxas": "ptxas", "nvdisasm": "nvdisasm", "roofline": None})
+    (tmp_path / "report.json").write_text('{"kernels": []}')
+    assert G.main(["--out", str(tmp_path), "--check"]) == 1
+    assert "FAIL gemm_nn_float32: fma_share" in capsys.readouterr().out
+    assert G.main(["--out", str(tmp_path)]) == 0
+    assert G.main(["--out", str(tmp_path), "--check", "--allow-fail", "gemm_nn"]) == 0
+
+
 def test_every_kernel_is_declared_once_with_a_valid_spec():
     from convkit.kernels.cuda import kernel_specs
     from convkit.kernels.cuda._report import KINDS
