@@ -16,7 +16,7 @@ from convkit.autograd import (
     Conv2dReLUFunction,
     MaxPool2dFunction,
     ReLUFunction,
-    call_function,
+    apply,
     relu_inplace,
 )
 from convkit.autograd.ops import REDUCED_DTYPES
@@ -67,6 +67,8 @@ def _autocast(*tensors):
     """The tensors as torch's autocast hands them to a lower-precision op such as conv2d: inside
     ``torch.autocast(device, dtype)``, float32 / float16 / bfloat16 tensors in the autocast dtype
     (float64 ones and None unchanged); outside it, unchanged."""
+    if not _any_autocast():
+        return tensors
     device_type = tensors[0].device.type
     if device_type not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device_type):
         return tensors
@@ -77,6 +79,7 @@ def _autocast(*tensors):
 
 _AUTOCAST_ELIGIBLE = (torch.float32,) + REDUCED_DTYPES
 _AUTOCAST_DEVICES = ("cpu", "cuda")  # the devices convkit runs on (others have no kernels)
+_any_autocast = torch._C._is_any_autocast_enabled  # one C call where no autocast is on
 
 
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -128,23 +131,30 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
     if bias is not None and bias.dtype != input.dtype:
         raise DtypeError(f"conv2d(): expected bias to have the input's dtype {input.dtype}, "
                          f"but got {bias.dtype}")
+    device = input.device
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.device != input.device:
+        if t is not None and t.device != device:
             raise RuntimeError(f"conv2d(): expected all tensors to be on the same device, but "
-                               f"input is on {input.device} and {name} on {t.device}")
+                               f"input is on {device} and {name} on {t.device}")
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
-    check_conv2d_kernel(tuple(weight.shape))  # before 'same' padding is worked out from it
-    padding, extra = conv2d_padding(padding, tuple(weight.shape[2:]), stride, dilation)
-    if any(extra):  # 'same' with an even effective kernel: the extra row/column first
-        input = F.pad(input, extra)
+    if isinstance(padding, str):
+        check_conv2d_kernel(tuple(weight.shape))  # before 'same' padding is worked out from it
+        padding, extra = conv2d_padding(padding, tuple(weight.shape[2:]), stride, dilation)
+        if any(extra):  # 'same' with an even effective kernel: the extra row/column first
+            input = F.pad(input, extra)
+    else:
+        padding = pair(padding, "padding")
     check_conv2d(tuple(input.shape), tuple(weight.shape),
                  None if bias is None else tuple(bias.shape),
                  stride, padding, dilation, groups)
-    y = call_function(function, input, weight, bias, stride, padding, dilation, groups,
-                      algorithm)
+    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        y = apply(function, input, weight, bias, stride, padding, dilation, groups, algorithm)
+    else:
+        y = function.forward(input, weight, bias, stride, padding, dilation, groups, algorithm)
     return y.squeeze(0) if unbatched else y
 
 
@@ -160,12 +170,14 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         order = _stride_order(input)
         permuted = input.permute(order)
         if inplace and not permuted.is_contiguous():
-            return input.copy_(ReLUFunction.apply(input))
+            return input.copy_(apply(ReLUFunction, input))
         y = relu(permuted if permuted.is_contiguous() else permuted.contiguous(), inplace)
         return input if inplace else y.permute([order.index(d) for d in range(len(order))])
     if inplace:
         return relu_inplace(input)
-    return call_function(ReLUFunction, input)
+    if input.requires_grad and torch.is_grad_enabled():
+        return apply(ReLUFunction, input)
+    return ReLUFunction.forward(input)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -188,8 +200,13 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
     if unbatched:
         input = input.unsqueeze(0)
     check_max_pool2d(tuple(input.shape), kernel, stride, padding, dilation, bool(ceil_mode))
-    y, indices = call_function(MaxPool2dFunction, input, kernel, stride, padding, dilation,
-                               bool(ceil_mode))
+    ceil_mode = bool(ceil_mode)
+    if input.requires_grad and torch.is_grad_enabled():
+        y, indices = apply(MaxPool2dFunction, input, kernel, stride, padding, dilation,
+                           ceil_mode)
+    else:
+        y, indices = MaxPool2dFunction.forward(input, kernel, stride, padding, dilation,
+                                               ceil_mode)
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return y, indices

@@ -2,8 +2,9 @@
 
 Every kernel-level op is defined with ``torch.library`` under the ``convkit`` namespace and
 implemented for the CPU and CUDA dispatch keys (both call ``convkit.engine.engine_for(device)``),
-with a fake (meta) implementation whose shapes come from ``convkit.kernels.shapes`` and a vmap
-rule, so torch.compile, torch.export, FakeTensor tracing and torch.func see them as ops::
+with a fake (meta) implementation whose shapes come from ``convkit.kernels.shapes`` (and a vmap
+rule, ``convkit.autograd.vmap``), so torch.compile, torch.export, FakeTensor tracing and
+torch.func see them as ops::
 
     conv2d(input, weight, bias?, stride[2], padding[2], dilation[2], groups, algorithm) -> y
     conv2d_relu(...as conv2d...) -> relu(y)      bias and ReLU as the conv kernels' epilogue
@@ -14,8 +15,9 @@ rule, so torch.compile, torch.export, FakeTensor tracing and torch.func see them
     max_pool2d(input, kernel_size[2], stride[2], padding[2], dilation[2], ceil_mode) -> (y, indices)
     max_pool2d_backward(grad_output, indices, input_size[4]) -> grad_input
 
-Arguments are assumed valid and normalised (explicit pairs, 4-D tensors of one dtype and device):
-``convkit.functional`` checks them. float16 and bfloat16 are computed in float32 and rounded once.
+Arguments are normalised (explicit pairs, 4-D tensors of one dtype and device):
+``convkit.functional`` checks what users pass, and a call through the dispatcher is checked again
+(``CHECKS``) before any kernel runs. float16 and bfloat16 are computed in float32, rounded once.
 Results are laid out as torch lays out its own: conv2d / conv2d_relu / max_pool2d give
 channels-last results for a channels-last input (or conv weight); everything else is contiguous.
 Autograd formulas are registered by ``convkit.autograd`` (the same formulas its Functions use).
@@ -35,7 +37,14 @@ import torch
 from torch import Tensor
 
 from convkit.engine import engine_for
-from convkit.kernels.shapes import conv_output_size, pool_output_size
+from convkit.kernels.shapes import (
+    ArgumentError,
+    DtypeError,
+    check_conv2d,
+    check_max_pool2d,
+    conv_output_size,
+    pool_output_size,
+)
 
 NAMESPACE = "convkit"
 LIB = torch.library.Library(NAMESPACE, "DEF")
@@ -78,21 +87,35 @@ def _result_format(*tensors) -> torch.memory_format:
 
 
 def _widen(t: Optional[Tensor]) -> Optional[Tensor]:
-    return t.float() if t is not None and t.dtype in REDUCED_DTYPES else t
+    return None if t is None else t.float()
 
 
-def _narrow(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
+_cpu_engine = [None, None]  # (the engine_for that gave it, the CPU engine)
+
+
+def _engine(t: Tensor):
+    """``engine_for(t.device)``; the CPU engine is remembered (``t.device`` and the lookup cost
+    ~1.5 us, a tenth of a tiny ReLU) for as long as ``engine_for`` is the same function."""
+    if t.is_cpu:
+        if _cpu_engine[0] is engine_for:
+            return _cpu_engine[1]
+        _cpu_engine[:] = engine_for, engine_for(t.device)
+        return _cpu_engine[1]
+    return engine_for(t.device)
 
 
 # --- implementations: tensors in, the engine's kernels, tensors out --------------------------
 
 def _conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm, relu=False):
-    y = engine_for(input.device).conv2d_forward(
-        _widen(input), _widen(weight), _widen(bias), stride, padding, dilation, groups,
-        algorithm, relu)
-    y = _narrow(y, input.dtype)
-    if channels_last(input) or channels_last(weight):
+    dtype = input.dtype
+    if dtype in REDUCED_DTYPES:
+        y = _engine(input).conv2d_forward(input.float(), weight.float(), _widen(bias), stride,
+                                          padding, dilation, groups, algorithm, relu).to(dtype)
+    else:
+        y = _engine(input).conv2d_forward(input, weight, bias, stride, padding, dilation,
+                                          groups, algorithm, relu)
+    if not (input.is_contiguous() and weight.is_contiguous()) and \
+            (channels_last(input) or channels_last(weight)):
         y = y.contiguous(memory_format=torch.channels_last)
     return y
 
@@ -103,55 +126,76 @@ def _conv2d_relu(input, weight, bias, stride, padding, dilation, groups, algorit
 
 def _conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups,
                            algorithm):
-    gx = engine_for(grad_output.device).conv2d_backward_input(
-        _widen(grad_output), _widen(weight), tuple(input_size), stride, padding, dilation,
-        groups, algorithm)
-    return _narrow(gx, grad_output.dtype)
+    dtype = grad_output.dtype
+    if dtype in REDUCED_DTYPES:
+        return _engine(grad_output).conv2d_backward_input(
+            grad_output.float(), weight.float(), tuple(input_size), stride, padding, dilation,
+            groups, algorithm).to(dtype)
+    return _engine(grad_output).conv2d_backward_input(grad_output, weight, tuple(input_size),
+                                                      stride, padding, dilation, groups,
+                                                      algorithm)
 
 
 def _conv2d_backward_weight(input, grad_output, weight_size, stride, padding, dilation, groups,
                             algorithm):
-    gw = engine_for(input.device).conv2d_backward_weight(
-        _widen(input), _widen(grad_output), tuple(weight_size), stride, padding, dilation,
-        groups, algorithm)
-    return _narrow(gw, input.dtype)
+    dtype = input.dtype
+    if dtype in REDUCED_DTYPES:
+        return _engine(input).conv2d_backward_weight(
+            input.float(), grad_output.float(), tuple(weight_size), stride, padding, dilation,
+            groups, algorithm).to(dtype)
+    return _engine(input).conv2d_backward_weight(input, grad_output, tuple(weight_size), stride,
+                                                 padding, dilation, groups, algorithm)
 
 
 def _conv2d_backward_bias(grad_output):
-    gb = engine_for(grad_output.device).conv2d_backward_bias(_widen(grad_output))
-    return _narrow(gb, grad_output.dtype)
+    dtype = grad_output.dtype
+    if dtype in REDUCED_DTYPES:
+        return _engine(grad_output).conv2d_backward_bias(grad_output.float()).to(dtype)
+    return _engine(grad_output).conv2d_backward_bias(grad_output)
 
 
 def _relu(input):
-    return _narrow(engine_for(input.device).relu_forward(_widen(input)), input.dtype)
+    dtype = input.dtype
+    if dtype in REDUCED_DTYPES:
+        return _engine(input).relu_forward(input.float()).to(dtype)
+    return _engine(input).relu_forward(input)
 
 
 def _relu_(input):
     if input.dtype in REDUCED_DTYPES or not input.is_contiguous():
         input.copy_(_relu(input))  # the kernel writes in place into contiguous memory only
     else:
-        engine_for(input.device).relu_forward(input, input)
+        _engine(input).relu_forward(input, input)
 
 
 def _relu_backward(grad_output, result):
-    gx = engine_for(grad_output.device).relu_backward(_widen(grad_output), _widen(result))
-    return _narrow(gx, grad_output.dtype)
+    dtype = grad_output.dtype
+    if dtype in REDUCED_DTYPES:
+        return _engine(grad_output).relu_backward(grad_output.float(), result.float()).to(dtype)
+    return _engine(grad_output).relu_backward(grad_output, result)
 
 
 def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
-    y, indices = engine_for(input.device).max_pool2d_forward(
-        _widen(input), kernel_size, stride, padding, dilation, ceil_mode)
-    y = _narrow(y, input.dtype)
-    if channels_last(input):
+    dtype = input.dtype
+    if dtype in REDUCED_DTYPES:
+        y, indices = _engine(input).max_pool2d_forward(input.float(), kernel_size, stride,
+                                                       padding, dilation, ceil_mode)
+        y = y.to(dtype)
+    else:
+        y, indices = _engine(input).max_pool2d_forward(input, kernel_size, stride, padding,
+                                                       dilation, ceil_mode)
+    if not input.is_contiguous() and channels_last(input):
         y = y.contiguous(memory_format=torch.channels_last)
         indices = indices.contiguous(memory_format=torch.channels_last)
     return y, indices
 
 
 def _max_pool2d_backward(grad_output, indices, input_size):
-    gx = engine_for(grad_output.device).max_pool2d_backward(_widen(grad_output), indices,
-                                                            tuple(input_size))
-    return _narrow(gx, grad_output.dtype)
+    dtype = grad_output.dtype
+    if dtype in REDUCED_DTYPES:
+        return _engine(grad_output).max_pool2d_backward(grad_output.float(), indices,
+                                                        tuple(input_size)).to(dtype)
+    return _engine(grad_output).max_pool2d_backward(grad_output, indices, tuple(input_size))
 
 
 IMPLS = {"conv2d": _conv2d, "conv2d_relu": _conv2d_relu,
@@ -162,11 +206,123 @@ IMPLS = {"conv2d": _conv2d, "conv2d_relu": _conv2d_relu,
          "max_pool2d_backward": _max_pool2d_backward}
 
 
-def _registered(impl):
-    """The dispatcher hands int[2] arguments over as lists: the kernels index pairs, and the
-    algorithm cache keys on tuples."""
+# --- argument checks of dispatched calls --------------------------------------------------------
+# convkit.functional validates what users pass; these guard torch.ops.convkit.* called directly
+# (a kernel given inconsistent shapes would read or write out of bounds).
+
+_FLOAT_DTYPES = (torch.float32, torch.float64) + REDUCED_DTYPES
+ALGORITHMS = ("auto", "direct", "im2col")
+
+
+def _require(ok: bool, op: str, what: str, cls=ArgumentError) -> None:
+    if not ok:
+        raise cls(f"convkit::{op}: {what}")
+
+
+def _check_tensors(op: str, *named) -> None:
+    """4-D (or any-rank where the rank is None) float tensors of one dtype and device."""
+    first = named[0][1]
+    for name, t, rank in named:
+        if t is None:
+            continue
+        _require(isinstance(t, Tensor), op, f"expected {name} to be a Tensor, got "
+                 f"{type(t).__name__}", TypeError)
+        _require(rank is None or t.dim() == rank, op, f"expected {name} to be {rank}-D, got "
+                 f"size {list(t.shape)}")
+        _require(t.dtype in _FLOAT_DTYPES, op, f"expected {name} to have a floating dtype, got "
+                 f"{t.dtype}", DtypeError)
+        _require(t.dtype == first.dtype, op, f"expected {name} to have dtype {first.dtype}, got "
+                 f"{t.dtype}", DtypeError)
+        _require(t.device == first.device, op, f"expected {name} on {first.device}, got "
+                 f"{t.device}", RuntimeError)
+
+
+def _check_conv(op, input_size, weight_size, bias, output, stride, padding, dilation, groups,
+                algorithm) -> None:
+    """The conv arguments as functional.conv2d checks them; ``output``: the grad_output given
+    to a backward op, whose size must be the forward result's."""
+    _require(algorithm in ALGORITHMS, op, f"algorithm must be one of {ALGORITHMS}, got "
+             f"{algorithm!r}")
+    _require(len(input_size) == 4 and len(weight_size) == 4, op, "expected 4-D input and weight "
+             f"sizes, got {list(input_size)} and {list(weight_size)}")
+    check_conv2d(tuple(input_size), tuple(weight_size), None if bias is None else bias.shape,
+                 stride, padding, dilation, groups)
+    if output is not None:
+        expected = [input_size[0], weight_size[0]] + [
+            conv_output_size(input_size[2 + i], weight_size[2 + i], stride[i], padding[i],
+                             dilation[i]) for i in (0, 1)]
+        _require(list(output.shape) == expected, op, f"expected grad_output of size {expected} "
+                 f"(the forward result's), got {list(output.shape)}")
+
+
+def _check_conv2d(input, weight, bias, *conf):
+    _check_tensors("conv2d", ("input", input, 4), ("weight", weight, 4), ("bias", bias, 1))
+    _check_conv("conv2d", input.shape, weight.shape, bias, None, *conf)
+
+
+def _check_conv2d_backward_input(grad_output, weight, input_size, *conf):
+    op = "conv2d_backward_input"
+    _check_tensors(op, ("grad_output", grad_output, 4), ("weight", weight, 4))
+    _check_conv(op, input_size, weight.shape, None, grad_output, *conf)
+
+
+def _check_conv2d_backward_weight(input, grad_output, weight_size, *conf):
+    op = "conv2d_backward_weight"
+    _check_tensors(op, ("input", input, 4), ("grad_output", grad_output, 4))
+    _check_conv(op, input.shape, weight_size, None, grad_output, *conf)
+
+
+def _check_conv2d_backward_bias(grad_output):
+    _check_tensors("conv2d_backward_bias", ("grad_output", grad_output, 4))
+
+
+def _check_relu(input):
+    _check_tensors("relu", ("input", input, None))
+
+
+def _check_relu_backward(grad_output, result):
+    _check_tensors("relu_backward", ("grad_output", grad_output, None),
+                   ("result", result, None))
+    _require(grad_output.shape == result.shape, "relu_backward", f"expected result of size "
+             f"{list(grad_output.shape)}, got {list(result.shape)}")
+
+
+def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
+    _check_tensors("max_pool2d", ("input", input, 4))
+    check_max_pool2d(tuple(input.shape), kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _check_max_pool2d_backward(grad_output, indices, input_size):
+    op = "max_pool2d_backward"
+    _check_tensors(op, ("grad_output", grad_output, 4))
+    _require(isinstance(indices, Tensor) and indices.dtype == torch.int64
+             and indices.device == grad_output.device, op,
+             f"expected indices to be an int64 tensor on {grad_output.device}", TypeError)
+    _require(indices.shape == grad_output.shape, op, f"expected indices of size "
+             f"{list(grad_output.shape)}, got {list(indices.shape)}")
+    _require(len(input_size) == 4 and list(input_size[:2]) == list(grad_output.shape[:2]), op,
+             f"expected input_size (N, C, H, W) with (N, C) = {list(grad_output.shape[:2])}, got "
+             f"{list(input_size)}")
+
+
+CHECKS = {"conv2d": _check_conv2d, "conv2d_relu": _check_conv2d,
+          "conv2d_backward_input": _check_conv2d_backward_input,
+          "conv2d_backward_weight": _check_conv2d_backward_weight,
+          "conv2d_backward_bias": _check_conv2d_backward_bias, "relu": _check_relu,
+          "relu_": _check_relu, "relu_backward": _check_relu_backward,
+          "max_pool2d": _check_max_pool2d, "max_pool2d_backward": _check_max_pool2d_backward}
+
+
+def _registered(name: str):
+    """The kernel registered for ``name``: its arguments checked, int[2] lists (what the
+    dispatcher hands over) made tuples (the kernels index pairs; the algorithm cache keys on
+    tuples), then the implementation."""
+    impl, check = IMPLS[name], CHECKS[name]
+
     def kernel(*args):
-        return impl(*(tuple(a) if type(a) is list else a for a in args))
+        args = tuple(tuple(a) if type(a) is list else a for a in args)
+        check(*args)
+        return impl(*args)
 
     kernel.__name__ = impl.__name__
     return kernel
@@ -235,7 +391,7 @@ FAKES = {"conv2d": _conv2d_fake, "conv2d_relu": _conv2d_fake,
 for _name, _schema in SCHEMAS.items():
     LIB.define(_schema)
     for _key in DEVICE_KEYS:
-        LIB.impl(_name, _registered(IMPLS[_name]), _key)
+        LIB.impl(_name, _registered(_name), _key)
     torch.library.register_fake(f"{NAMESPACE}::{_name}", FAKES[_name], lib=LIB)
 
 OPS = {name: getattr(torch.ops.convkit, name).default for name in SCHEMAS}
@@ -243,20 +399,22 @@ OPS = {name: getattr(torch.ops.convkit, name).default for name in SCHEMAS}
 
 # --- the Python entry points the autograd Functions call --------------------------------------
 
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling  # dynamo folds it to True
 _functorch_active = torch._C._are_functorch_transforms_active
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_mode = torch._C._is_torch_function_mode_enabled
-_is_compiling = torch.compiler.is_compiling
 
 
 def eager(*tensors) -> bool:
-    """True when a call can skip the dispatcher: plain tensors (no subclass), no torch.compile /
-    export tracing, no functorch transform, no dispatch or torch-function mode active."""
+    """True when a call can skip the dispatcher: plain tensors (no subclass such as FakeTensor),
+    not traced by dynamo (torch.compile, strict export), no functorch transform, no dispatch mode
+    (non-strict export, make_fx, FakeTensorMode, FlopCounterMode) and no torch-function mode."""
     for t in tensors:
-        if type(t) not in _PLAIN_TYPES:
+        if type(t) is not _Tensor and type(t) is not _Parameter:
             return False
-    return not (_is_compiling() or _functorch_active() or _dispatch_modes() or _function_mode())
+    return not (_is_dynamo_compiling() or _functorch_active() or _dispatch_modes()
+                or _function_mode())
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation,
@@ -338,110 +496,6 @@ def max_pool2d_backward(grad_output: Tensor, indices: Tensor,
     if eager(grad_output, indices):
         return _max_pool2d_backward(grad_output, indices, input_size)
     return OPS["max_pool2d_backward"](grad_output, indices, list(input_size))
-
-
-# --- vmap rules: the batch dimension folded into N, or into the groups -------------------------
-
-def _batch_first(t: Tensor, bdim: Optional[int], size: int) -> Tensor:
-    """t with its vmapped dimension first (an unbatched t is expanded, not copied)."""
-    return t.unsqueeze(0).expand(size, *t.shape) if bdim is None else t.movedim(bdim, 0)
-
-
-def _into_groups(t: Tensor) -> Tensor:
-    """(B, N, C, H, W) -> (N, B*C, H, W): B independent problems as B groups of one conv."""
-    return t.transpose(0, 1).flatten(1, 2)
-
-
-def _conv_vmap(op):
-    def rule(info, in_dims, input, weight, bias, stride, padding, dilation, groups, algorithm):
-        B = info.batch_size
-        x_dim, w_dim, b_dim = in_dims[:3]
-        if w_dim is None and b_dim is None:  # one weight: the batch is more images
-            x = input.movedim(x_dim, 0)
-            y = op(x.flatten(0, 1), weight, bias, stride, padding, dilation, groups, algorithm)
-            return y.unflatten(0, (B, x.shape[1])), 0
-        x = _into_groups(_batch_first(input, x_dim, B))
-        w = _batch_first(weight, w_dim, B).flatten(0, 1)
-        b = None if bias is None else _batch_first(bias, b_dim, B).flatten(0, 1)
-        y = op(x, w, b, stride, padding, dilation, groups * B, algorithm)
-        return y.unflatten(1, (B, weight.shape[-4])), 1
-
-    return rule
-
-
-def _conv2d_backward_input_vmap(info, in_dims, grad_output, weight, input_size, *conf):
-    B = info.batch_size
-    gy_dim, w_dim = in_dims[:2]
-    N, C, H, W = input_size
-    stride, padding, dilation, groups, algorithm = conf
-    if w_dim is None:
-        gy = grad_output.movedim(gy_dim, 0).flatten(0, 1)
-        gx = OPS["conv2d_backward_input"](gy, weight, [B * N, C, H, W], *conf)
-        return gx.unflatten(0, (B, N)), 0
-    gy = _into_groups(_batch_first(grad_output, gy_dim, B))
-    w = weight.movedim(w_dim, 0).flatten(0, 1)
-    gx = OPS["conv2d_backward_input"](gy, w, [N, B * C, H, W], stride, padding, dilation,
-                                      groups * B, algorithm)
-    return gx.unflatten(1, (B, C)), 1
-
-
-def _conv2d_backward_weight_vmap(info, in_dims, input, grad_output, weight_size, *conf):
-    B = info.batch_size
-    x = _into_groups(_batch_first(input, in_dims[0], B))
-    gy = _into_groups(_batch_first(grad_output, in_dims[1], B))
-    K = weight_size[0]
-    stride, padding, dilation, groups, algorithm = conf
-    gw = OPS["conv2d_backward_weight"](x, gy, [B * K, *weight_size[1:]], stride, padding,
-                                       dilation, groups * B, algorithm)
-    return gw.unflatten(0, (B, K)), 0
-
-
-def _conv2d_backward_bias_vmap(info, in_dims, grad_output):
-    gy = _into_groups(grad_output.movedim(in_dims[0], 0))
-    return OPS["conv2d_backward_bias"](gy).unflatten(0, (info.batch_size, -1)), 0
-
-
-def _relu_vmap(info, in_dims, input):
-    return OPS["relu"](input), in_dims[0]
-
-
-def _relu__vmap(info, in_dims, input):
-    OPS["relu_"](input)
-    return None, None
-
-
-def _relu_backward_vmap(info, in_dims, grad_output, result):
-    B = info.batch_size
-    gy, y = (_batch_first(t, d, B) for t, d in zip((grad_output, result), in_dims))
-    return OPS["relu_backward"](gy, y), 0
-
-
-def _max_pool2d_vmap(info, in_dims, input, *args):
-    x = input.movedim(in_dims[0], 0)
-    y, indices = OPS["max_pool2d"](x.flatten(0, 1), *args)
-    size = (info.batch_size, x.shape[1])
-    return (y.unflatten(0, size), indices.unflatten(0, size)), (0, 0)
-
-
-def _max_pool2d_backward_vmap(info, in_dims, grad_output, indices, input_size):
-    B = info.batch_size
-    gy = _batch_first(grad_output, in_dims[0], B)
-    idx = _batch_first(indices, in_dims[1], B)
-    N = input_size[0]
-    gx = OPS["max_pool2d_backward"](gy.flatten(0, 1), idx.flatten(0, 1),
-                                    [B * N, *input_size[1:]])
-    return gx.unflatten(0, (B, N)), 0
-
-
-VMAP_RULES = {"conv2d": _conv_vmap(OPS["conv2d"]), "conv2d_relu": _conv_vmap(OPS["conv2d_relu"]),
-              "conv2d_backward_input": _conv2d_backward_input_vmap,
-              "conv2d_backward_weight": _conv2d_backward_weight_vmap,
-              "conv2d_backward_bias": _conv2d_backward_bias_vmap, "relu": _relu_vmap,
-              "relu_": _relu__vmap, "relu_backward": _relu_backward_vmap,
-              "max_pool2d": _max_pool2d_vmap, "max_pool2d_backward": _max_pool2d_backward_vmap}
-
-for _name, _rule in VMAP_RULES.items():
-    torch.library.register_vmap(f"{NAMESPACE}::{_name}", _rule, lib=LIB)
 
 
 def op_names() -> List[str]:
