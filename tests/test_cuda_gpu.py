@@ -42,6 +42,11 @@ CONV_CASES = [
     (2, 16, 20, 20, 16, 3, 3, 2, 1, 1, 16, True),  # depthwise
     (2, 8, 70, 70, 130, 3, 3, 1, 0, 1, 1, True),  # several GEMM tiles in every dimension
     (2, 3, 30, 40, 4, 9, 9, 3, 4, 2, 1, True),  # window larger than the shared tiles
+    (2, 9, 17, 17, 9, 3, 3, 1, 1, 1, 1, True),  # direct tile + 1 pixel, channel block + 1
+    (1, 3, 15, 16, 129, 3, 3, 1, 1, 1, 1, False),  # GEMM: M = tile + 1, N = P = 240
+    (2, 4, 40, 50, 4, 9, 9, 1, 4, 1, 1, True),  # 81 taps: direct stages a filter row at a time
+    (2, 4, 20, 60, 6, 3, 5, (1, 3), (1, 2), (1, 2), 2, True),  # stride 3: columns one by one
+    (3, 8, 9, 9, 8, 5, 5, 2, 2, 1, 8, False),  # depthwise 5x5 stride 2: several tap groups
 ]
 
 
@@ -149,15 +154,14 @@ def test_runs_on_a_side_stream_without_host_sync():
 
 
 def _kernel_signatures():
-    """Every kernel at every signature its launch code uses, as the kernel modules declare
-    them (kernel_specs; the simulator tests check the declarations against real launches)."""
+    """Every kernel at every launch signature, as the package declares them (kernel_specs)."""
     import numpy as np
 
     from convkit.kernels.cuda import kernel_specs
 
-    for dt in (np.float32, np.float64):
-        for spec in kernel_specs(dt):
-            yield spec.name, spec.kernel, spec.argtypes
+    for dtype in (np.float32, np.float64):
+        for spec in kernel_specs(dtype):
+            yield f"{spec.name} ({np.dtype(dtype).name})", spec.kernel, spec.argtypes
 
 
 def _ptxas():
@@ -185,7 +189,8 @@ def test_every_kernel_compiles_for_sm90_without_spills():
     ptxas = _ptxas()
     for name, kernel, sig in _kernel_signatures():
         try:
-            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+            bounds = (getattr(kernel, "targetoptions", {}) or {}).get("launch_bounds")
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), launch_bounds=bounds)
         except (CudaSupportError, NvvmSupportError, OSError, _LibraryNotFound) as e:
             pytest.skip(f"numba.cuda cannot compile PTX here (no NVVM/toolkit: {e!s:.80})")
         if ptxas is None:
@@ -221,3 +226,48 @@ def test_reduced_precision_on_the_gpu(algorithm, dtype):
     p, i = CF.max_pool2d(CF.relu(x.detach()), 2, return_indices=True)
     rp, ri = F.max_pool2d(F.relu(x.detach()), 2, return_indices=True)
     assert p.dtype == dtype and torch.equal(p, rp) and torch.equal(i, ri)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gemm_edge_tiles_match_torch(dtype):
+    """convkit's GEMM at M, N, K of 1, tile-1, tile and tile+1 (fp32 tiles 128, fp64 64)."""
+    from convkit.kernels.cuda import gemm
+    from convkit.kernels.cuda.tiled_gemm import GEMM_TILES
+
+    t = GEMM_TILES["f" if dtype == torch.float32 else "d"].TM
+    sizes = (1, t - 1, t, t + 1)
+    for M in sizes:
+        for N in sizes:
+            for K in (1, 7, 9, t + 1):
+                a = torch.randn(M, K, dtype=dtype, device="cuda")
+                b = torch.randn(K, N, dtype=dtype, device="cuda")
+                out = torch.empty(M, N, dtype=dtype, device="cuda")
+                gemm(a, b, out)
+                torch.cuda.synchronize()
+                torch.testing.assert_close(out, a @ b, **tol(dtype), msg=f"{M}x{K}x{N}")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv2d_relu_epilogue_on_the_gpu(algorithm, dtype):
+    """conv2d_relu: bias and ReLU applied as the conv kernels store y, bit for bit
+    torch.relu of convkit's own conv2d (NaN kept, negatives -> +0.0), and cuDNN's within
+    rounding."""
+    import convkit.functional as CF
+
+    x = torch.randn(4, 6, 19, 21, dtype=dtype, device="cuda")
+    x[1, 2, 5, 5] = float("nan")
+    w = torch.randn(10, 3, 3, 3, dtype=dtype, device="cuda")
+    b = torch.randn(10, dtype=dtype, device="cuda")
+    args = (b, (2, 1), 1, 1, 2)
+    fused = CF.conv2d_relu(x, w, *args, algorithm=algorithm)
+    plain = CF.conv2d(x, w, *args, algorithm=algorithm)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(fused.view(bits), torch.relu(plain).view(bits))
+    torch.testing.assert_close(fused, torch.relu(F.conv2d(x, w, *args)), equal_nan=True,
+                               **tol(dtype))
+

@@ -31,19 +31,25 @@ from numba.core import types as numba_types  # noqa: E402
 from numba.np import numpy_support  # noqa: E402
 
 import convkit.kernels.cuda as K  # noqa: E402
-from convkit.kernels.cuda import _common, conv_direct, conv_im2col  # noqa: E402
+from convkit.kernels.cuda import _common, conv_direct, conv_im2col, tiled_gemm  # noqa: E402
 
 pytestmark = pytest.mark.cudasim
 
 SMALL_TILES = {
     _common: dict(THREADS_1D=32, MAX_BLOCKS_1D=2),
-    conv_direct: dict(DIRECT_BW=4, DIRECT_BH=2, DIRECT_KB=2, DIRECT_THREADS=8, DIRECT_MAX_TAPS=9,
-                      DIRECT_IN_H=8, DIRECT_IN_W=10, BIAS_THREADS=8, WGRAD_THREADS=8,
-                      WGRAD_TAPS=4, WGRAD_TARGET_BLOCKS=8),
-    conv_im2col: dict(GEMM_TM=8, GEMM_TN=8, GEMM_TK=4, GEMM_RM=2, GEMM_RN=2, GEMM_BX=4,
-                      GEMM_BY=4, GEMM_THREADS=16, GEMM_SA_W=9, GEMM_SB_W=9,
-                      GEMM_TARGET_BLOCKS=64),
+    conv_direct: dict(DIRECT_BW=4, DIRECT_BH=2, DIRECT_PB=2, DIRECT_KB=2, DIRECT_THREADS=8,
+                      DIRECT_MAX_TAPS=9, DIRECT_IN_H=8, DIRECT_IN_W=10, DIRECT_SLAB=80,
+                      BIAS_THREADS=8, WGRAD_BW=4, WGRAD_BH=2, WGRAD_THREADS=8,
+                      WGRAD_KB={"f": 2, "d": 2}, WGRAD_TAPS=4, WGRAD_CW=8, WGRAD_TILE=16,
+                      WGRAD_IN_H=8, WGRAD_IN_W=16, WGRAD_IN_HW=128, WGRAD_TARGET_BLOCKS=8),
+    # 8x8 block tiles of 2x2 per thread (16 threads), 4-deep slices
+    tiled_gemm: dict(GEMM_TILES={"f": tiled_gemm.GemmTile(8, 8, 4, 1),
+                                 "d": tiled_gemm.GemmTile(8, 8, 4, 1)},
+                     GEMM_TARGET_BLOCKS=64),
 }
+# kernel factories that read tile constants when they build a kernel (closure constants, as
+# the compiled kernels need): small tiles get kernels of their own, built while they are set
+TILE_FACTORIES = {tiled_gemm: ["_gemm"], conv_direct: ["_backward_weight"]}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -141,6 +147,10 @@ def use_small_tiles(monkeypatch):
     for module, values in SMALL_TILES.items():
         for name, value in values.items():
             monkeypatch.setattr(module, name, value)
+    for module, names in TILE_FACTORIES.items():
+        for name in names:
+            factory = getattr(module, name)
+            monkeypatch.setattr(module, name, _common.specialise(factory.__wrapped__))
     # two images per unfold chunk: a 3-image batch runs a full and a partial chunk
     monkeypatch.setattr(conv_im2col, "_chunk", lambda N, *_: min(N, 2))
 
@@ -231,23 +241,27 @@ def test_conv2d_forward_relu_flag(algorithm):
     assert (y == 0).any()
 
 
-def test_conv2d_fallback_paths_are_taken(monkeypatch):
-    """The shape table above reaches both the shared-memory kernels and the plain ones."""
+def test_direct_staging_modes_are_taken(monkeypatch):
+    """The shape table reaches every way the direct kernels stage a window: the whole filter
+    window, one filter row (column) at a time, and, for the weight gradient, one tap alone."""
     use_small_tiles(monkeypatch)
-    seen = []
-    for name in ("_forward_tiled", "_forward_plain", "_backward_input_tiled",
-                 "_backward_input_plain"):
+    seen = {"window": set(), "wgrad": set()}
+    for name, key in (("_window_modes", "window"), ("_wgrad_mode", "wgrad")):
         real = getattr(conv_direct, name)
         monkeypatch.setattr(conv_direct, name,
-                            lambda dc, _real=real, _name=name: seen.append(_name) or _real(dc))
-    for case in ("pad1", "5x5-pad2"):
+                            lambda *a, _real=real, _key=key: seen[_key].add(
+                                (a[:2],) + (_real(*a),)) or _real(*a))
+    for case in ("pad1", "5x5-pad2", "stride3-wide"):
         N, C, H, W, Kc, KH, KW, stride, padding, dilation, G, _ = CONV_CASES[case]
         x = dev(torch.randn(N, C, H, W, dtype=torch.float64))
         w = dev(torch.randn(Kc, C // G, KH, KW, dtype=torch.float64))
         y = K.conv2d_forward(x, w, None, stride, padding, dilation, G, "direct")
-        K.conv2d_backward_input(y, w, x.shape, stride, padding, dilation, G, "direct")
-    assert seen == ["_forward_tiled", "_backward_input_tiled", "_forward_plain",
-                    "_backward_input_plain"]
+        K.conv2d_backward_weight(x, y, w.shape, stride, padding, dilation, G, "direct")
+    windows = {((TR, TS), (TRC, TSC)) for (TR, TS), (TRC, TSC, _, _) in seen["window"]}
+    assert ((3, 3), (3, 3)) in windows  # pad1: whole window
+    assert ((5, 5), (1, 5)) in windows  # 5x5 > 9 small-tile taps: a filter row at a time
+    assert ((2, 3), (2, 1)) in windows  # stride 3 too wide for a slab: a filter column
+    assert {mode[0] for _, mode in seen["wgrad"]} == {1, conv_direct.WGRAD_TAPS}
 
 
 @pytest.mark.parametrize("tiles,shape", [("small", (5, 7, 9)), ("small", (17, 33, 10)),
@@ -502,3 +516,96 @@ def test_kernel_specs_cover_every_launch(dtype, monkeypatch):
     launched = {m for m, *_ in LAUNCHES}
     assert {"convkit.kernels.cuda.pool", "convkit.kernels.cuda.relu"} <= launched
     assert len({(m, name) for m, name, *_ in LAUNCHES}) >= 8
+
+
+# --- tile edges, the GEMM layouts and the fused ReLU epilogue ---------------------------------
+
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_edge_tiles_every_layout(layout, dtype, monkeypatch):
+    """M, N, K of 1, tile-1 and tile+1 (small tiles: 8x8 blocks, 4-deep slices) with each
+    operand layout launch_gemm runs: A k- or row-contiguous, B column- or k-contiguous."""
+    use_small_tiles(monkeypatch)
+    rng = np.random.default_rng(1)
+    sizes = (1, 7, 9)  # 1, tile-1, tile+1 for M and N (tile 8) and two slices for K (4)
+    for M, NC, KR in [(m, n, k) for m in sizes for n in sizes for k in (1, 3, 5, 9)]:
+        a = rng.standard_normal((M, KR)).astype(dtype)
+        b = rng.standard_normal((KR, NC)).astype(dtype)
+        # stored as the layout says; the strides make the kernel read a and b
+        a_buf = a.T.copy() if layout == "tn" else a  # tn: A row-contiguous (W^T)
+        b_buf = b.T.copy() if layout == "nt" else b  # nt: B k-contiguous (cols^T)
+        a_strides = (0, 0, 1, M) if layout == "tn" else (0, 0, KR, 1)
+        b_strides = (0, 0, 1, KR) if layout == "nt" else (0, 0, NC, 1)
+        out = cuda.to_device(np.full((M, NC), np.nan, dtype))
+        tiled_gemm.launch_gemm(cuda.to_device(a_buf.ravel()), cuda.to_device(b_buf.ravel()),
+                               out.reshape(M * NC), M, NC, KR, 1, a=a_strides, b=b_strides,
+                               c=(0, NC))
+        rtol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out.copy_to_host(), a.astype(np.float64) @ b, rtol=rtol,
+                                   atol=rtol, err_msg=f"{layout} M={M} N={NC} K={KR}")
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("out_hw,channels", [((1, 1), (1, 1)), ((3, 3), (3, 1)),
+                                             ((5, 5), (1, 3)), ((5, 3), (3, 3))])
+def test_conv2d_tile_edges(out_hw, channels, algorithm, monkeypatch):
+    """Outputs of 1, tile-1 and tile+1 pixels a side (small tiles: 4x4 direct tiles of 2x2 per
+    thread, 8x8 GEMM tiles) and channel counts of 1 and channel block + 1, all three passes."""
+    use_small_tiles(monkeypatch)
+    (OH, OW), (C, Kc) = out_hw, channels
+    x = torch.randn(2, C, OH, OW, dtype=torch.float64)
+    w = torch.randn(Kc, C, 3, 3, dtype=torch.float64)
+    b = torch.randn(Kc, dtype=torch.float64)
+    gy = torch.randn(2, Kc, OH, OW, dtype=torch.float64)
+    y_ref, gx_ref, gw_ref, _ = _conv_reference(x, w, b, (1, 1), (1, 1), (1, 1), 1, gy)
+    args = ((1, 1), (1, 1), (1, 1), 1, algorithm)
+    torch.testing.assert_close(host(K.conv2d_forward(dev(x), dev(w), dev(b), *args)), y_ref,
+                               **tol(torch.float64))
+    torch.testing.assert_close(host(K.conv2d_backward_input(dev(gy), dev(w), x.shape, *args)),
+                               gx_ref, **tol(torch.float64))
+    torch.testing.assert_close(host(K.conv2d_backward_weight(dev(x), dev(gy), w.shape, *args)),
+                               gw_ref, **tol(torch.float64))
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_relu_epilogue_bitwise(algorithm, dtype, bias, monkeypatch):
+    """relu=True applies bias and ReLU in the conv kernels as y is stored: bit for bit
+    torch.relu of the same kernels' plain output (NaN kept, negatives -> +0.0), groups and
+    strides included, and torch's relu(conv2d) within rounding."""
+    use_small_tiles(monkeypatch)
+    x = torch.randn(2, 4, 7, 6, dtype=dtype)
+    x[0, 1, 2, 3] = float("nan")  # NaN outputs around it
+    w = torch.randn(6, 2, 3, 3, dtype=dtype)
+    b = torch.randn(6, dtype=dtype) if bias else None
+    args = ((2, 1), (1, 1), (1, 1), 2, algorithm)
+    db = dev(b) if bias else None
+    plain = host(K.conv2d_forward(dev(x), dev(w), db, *args))
+    fused = host(K.conv2d_forward(dev(x), dev(w), db, *args, relu=True))
+    assert torch.equal(_bits(fused), _bits(torch.relu(plain)))
+    assert fused.isnan().any() and (plain < 0).any() and not torch.signbit(fused[plain < 0]).any()
+    ref = torch.relu(F.conv2d(x, w, b, (2, 1), (1, 1), (1, 1), 2))
+    torch.testing.assert_close(fused, ref, equal_nan=True, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_epilogue_relu_value_special_values(dtype):
+    """The device-side ReLU rule of the conv epilogues, bit for bit as torch.relu: NaN kept,
+    -0.0 kept, -inf and negatives -> +0.0 of the dtype."""
+    from convkit.kernels.cuda.epilogue import relu_value
+
+    zero_type = numpy_support.from_dtype(np.dtype(dtype))
+
+    @cuda.jit
+    def apply(a, out):
+        i = cuda.grid(1)
+        if i < a.size:
+            out[i] = relu_value(a[i], zero_type(0))
+
+    values = np.array([np.nan, -0.0, 0.0, -np.inf, np.inf, -1.5, 2.5, -1e-40], dtype)
+    out = cuda.to_device(np.zeros_like(values))
+    apply[1, 8](cuda.to_device(values), out)
+    ref = torch.relu(torch.from_numpy(values))
+    assert torch.equal(_bits(torch.from_numpy(out.copy_to_host())), _bits(ref))
+

@@ -57,16 +57,12 @@ def kernel_specs(dtype) -> list:
 def conv2d_forward(x, w, b, stride, padding, dilation, groups: int, algorithm: str = "direct",
                    relu: bool = False, *, stream=0):
     """y: (N, K, OH, OW) = conv2d(x: (N, C, H, W), w: (K, C/groups, KH, KW)) + b (b may be None);
-    ``relu``: then ReLU in place (on the GPU a second launch on the same stream, not an epilogue
-    inside the conv kernels as on the CPU)."""
+    ``relu``: then ReLU (torch's clamp_min), applied by the conv kernels as they store y."""
     x, w, b = as_device(x), as_device(w), as_device(b)
     OH = conv_output_size(x.shape[2], w.shape[2], stride[0], padding[0], dilation[0])
     OW = conv_output_size(x.shape[3], w.shape[3], stride[1], padding[1], dilation[1])
-    y = _algorithm(algorithm).forward(x, w, b, stride, padding, dilation, groups, (OH, OW),
-                                      stream=stream)
-    if relu:
-        relu_forward(y, y, stream=stream)
-    return y
+    return _algorithm(algorithm).forward(x, w, b, stride, padding, dilation, groups, (OH, OW),
+                                         relu=relu, stream=stream)
 
 
 def conv2d_backward_input(grad_output, w, input_shape, stride, padding, dilation, groups: int,
