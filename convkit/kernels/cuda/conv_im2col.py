@@ -61,6 +61,7 @@ def _im2col(x, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols):
     KWu, KHWu, OWu = uint32(KW), uint32(KH * KW), uint32(OW)
     start, step = uint32(cuda.grid(1)), uint32(cuda.gridsize(1))
     for e in range(start, uint32(nb * R * P), step):
+        e = uint32(e)  # numba's range() over unsigned values counts in 64 bits
         p, row = uint32(e % P), uint32(e // P)
         c, rs = uint32(row % R // KHWu), uint32(row % KHWu)
         n = uint32(row // R)
@@ -85,8 +86,10 @@ def _col2im(dtype_char):
         Wu, Hu, Cu = uint32(W), uint32(H), uint32(C)
         start, step = uint32(cuda.grid(1)), uint32(cuda.gridsize(1))
         for e in range(start, uint32(nb * C * H * W), step):
+            e = uint32(e)  # numba's range() over unsigned values counts in 64 bits
             iw, ih = uint32(e % Wu), uint32(e // Wu % Hu)
-            c, n = uint32(e // (Wu * Hu) % Cu), uint32(e // (Wu * Hu * Cu))
+            plane = uint32(e // uint32(Wu * Hu))
+            c, n = uint32(plane % Cu), uint32(plane // Cu)
             acc = dt(0)
             for r in range(KH):
                 th = int64(ih) + ph - r * dil_h  # output row * sh, if a whole multiple
