@@ -62,6 +62,9 @@ DIRECT_IN_H = 16  # rows of one slab: (BH-1)*2 + 7 = 13 covers a 7x7 filter at s
 DIRECT_IN_W = 40  # columns of a slab: (BW-1)*2 + 7 = 37, likewise
 DIRECT_SLAB = DIRECT_IN_H * DIRECT_IN_W  # numba sizes shared arrays by a plain constant
 GRID_Z_MAX = 65535  # CUDA's limit on gridDim.z, which counts (image, group, channel block)
+# fp32: 16 blocks of 64 threads per SM (50 % occupancy) caps ptxas at 64 registers, none
+# spilled (96 when free: it keeps the epilogue's addresses at hand); fp64 is left free (128)
+DIRECT_LAUNCH_BOUNDS = {"f": (DIRECT_THREADS, 16), "d": None}
 BIAS_THREADS = 256  # bias grad: threads per channel's fixed-order tree sum; a power of two
 WGRAD_BW = 16  # weight grad: threads along output columns
 WGRAD_BH = 8  # threads along output rows: 128 threads, each summing its own positions
@@ -94,7 +97,7 @@ def _jit_bounded(launch_bounds):
 def _window_conv(dtype_char):
     dt = numba_type(dtype_char)
 
-    @cuda.jit
+    @_jit_bounded(DIRECT_LAUNCH_BOUNDS[dtype_char])
     def conv(x1, wf, bias, y1, C_in, H, W, C_out, H_out, W_out, G, Qg, Og, n_ob, TR, TS, TRC,
              TSC, st_h, st_w, off_h, off_w, dl_h, dl_w, ss_h, ss_w, rs_h, rs_w, w_sg, w_so, w_sq,
              w_sr, w_ss, w_base, a_h, a_w, os_h, os_w, n_i, n_j, has_bias, relu):
