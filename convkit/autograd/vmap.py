@@ -35,10 +35,11 @@ def _conv_vmap(op):
             y = op(x.flatten(0, 1), weight, bias, stride, padding, dilation, groups, algorithm)
             return y.unflatten(0, (B, x.shape[1])), 0
         x = _into_groups(_batch_first(input, x_dim, B))
-        w = _batch_first(weight, w_dim, B).flatten(0, 1)
+        w = _batch_first(weight, w_dim, B)
+        K = w.shape[1]
         b = None if bias is None else _batch_first(bias, b_dim, B).flatten(0, 1)
-        y = op(x, w, b, stride, padding, dilation, groups * B, algorithm)
-        return y.unflatten(1, (B, weight.shape[-4])), 1
+        y = op(x, w.flatten(0, 1), b, stride, padding, dilation, groups * B, algorithm)
+        return y.unflatten(1, (B, K)), 1
 
     return rule
 
