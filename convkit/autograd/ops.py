@@ -214,9 +214,8 @@ _FLOAT_DTYPES = (torch.float32, torch.float64) + REDUCED_DTYPES
 ALGORITHMS = ("auto", "direct", "im2col")
 
 
-def _require(ok: bool, op: str, what: str, cls=ArgumentError) -> None:
-    if not ok:
-        raise cls(f"convkit::{op}: {what}")
+def _fail(op: str, what: str, cls=ArgumentError):
+    raise cls(f"convkit::{op}: {what}")
 
 
 def _check_tensors(op: str, *named) -> None:
@@ -225,34 +224,38 @@ def _check_tensors(op: str, *named) -> None:
     for name, t, rank in named:
         if t is None:
             continue
-        _require(isinstance(t, Tensor), op, f"expected {name} to be a Tensor, got "
-                 f"{type(t).__name__}", TypeError)
-        _require(rank is None or t.dim() == rank, op, f"expected {name} to be {rank}-D, got "
-                 f"size {list(t.shape)}")
-        _require(t.dtype in _FLOAT_DTYPES, op, f"expected {name} to have a floating dtype, got "
-                 f"{t.dtype}", DtypeError)
-        _require(t.dtype == first.dtype, op, f"expected {name} to have dtype {first.dtype}, got "
-                 f"{t.dtype}", DtypeError)
-        _require(t.device == first.device, op, f"expected {name} on {first.device}, got "
-                 f"{t.device}", RuntimeError)
+        if not isinstance(t, Tensor):
+            _fail(op, f"expected {name} to be a Tensor, got {type(t).__name__}", TypeError)
+        if rank is not None and t.dim() != rank:
+            _fail(op, f"expected {name} to be {rank}-D, got size {list(t.shape)}")
+        if t.dtype not in _FLOAT_DTYPES:
+            _fail(op, f"expected {name} to have a floating dtype, got {t.dtype}", DtypeError)
+        if t is not first:
+            if t.dtype != first.dtype:
+                _fail(op, f"expected {name} to have dtype {first.dtype}, got {t.dtype}",
+                      DtypeError)
+            if t.device != first.device:
+                _fail(op, f"expected {name} on {first.device}, got {t.device}", RuntimeError)
 
 
 def _check_conv(op, input_size, weight_size, bias, output, stride, padding, dilation, groups,
                 algorithm) -> None:
     """The conv arguments as functional.conv2d checks them; ``output``: the grad_output given
     to a backward op, whose size must be the forward result's."""
-    _require(algorithm in ALGORITHMS, op, f"algorithm must be one of {ALGORITHMS}, got "
-             f"{algorithm!r}")
-    _require(len(input_size) == 4 and len(weight_size) == 4, op, "expected 4-D input and weight "
-             f"sizes, got {list(input_size)} and {list(weight_size)}")
+    if algorithm not in ALGORITHMS:
+        _fail(op, f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if len(input_size) != 4 or len(weight_size) != 4:
+        _fail(op, f"expected 4-D input and weight sizes, got {list(input_size)} and "
+                  f"{list(weight_size)}")
     check_conv2d(tuple(input_size), tuple(weight_size), None if bias is None else bias.shape,
                  stride, padding, dilation, groups)
     if output is not None:
         expected = [input_size[0], weight_size[0]] + [
             conv_output_size(input_size[2 + i], weight_size[2 + i], stride[i], padding[i],
                              dilation[i]) for i in (0, 1)]
-        _require(list(output.shape) == expected, op, f"expected grad_output of size {expected} "
-                 f"(the forward result's), got {list(output.shape)}")
+        if list(output.shape) != expected:
+            _fail(op, f"expected grad_output of size {expected} (the forward result's), got "
+                      f"{list(output.shape)}")
 
 
 def _check_conv2d(input, weight, bias, *conf):
@@ -283,8 +286,9 @@ def _check_relu(input):
 def _check_relu_backward(grad_output, result):
     _check_tensors("relu_backward", ("grad_output", grad_output, None),
                    ("result", result, None))
-    _require(grad_output.shape == result.shape, "relu_backward", f"expected result of size "
-             f"{list(grad_output.shape)}, got {list(result.shape)}")
+    if grad_output.shape != result.shape:
+        _fail("relu_backward", f"expected result of size {list(grad_output.shape)}, got "
+                               f"{list(result.shape)}")
 
 
 def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -295,14 +299,15 @@ def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
 def _check_max_pool2d_backward(grad_output, indices, input_size):
     op = "max_pool2d_backward"
     _check_tensors(op, ("grad_output", grad_output, 4))
-    _require(isinstance(indices, Tensor) and indices.dtype == torch.int64
-             and indices.device == grad_output.device, op,
-             f"expected indices to be an int64 tensor on {grad_output.device}", TypeError)
-    _require(indices.shape == grad_output.shape, op, f"expected indices of size "
-             f"{list(grad_output.shape)}, got {list(indices.shape)}")
-    _require(len(input_size) == 4 and list(input_size[:2]) == list(grad_output.shape[:2]), op,
-             f"expected input_size (N, C, H, W) with (N, C) = {list(grad_output.shape[:2])}, got "
-             f"{list(input_size)}")
+    if not (isinstance(indices, Tensor) and indices.dtype == torch.int64
+            and indices.device == grad_output.device):
+        _fail(op, f"expected indices to be an int64 tensor on {grad_output.device}", TypeError)
+    if indices.shape != grad_output.shape:
+        _fail(op, f"expected indices of size {list(grad_output.shape)}, got "
+                  f"{list(indices.shape)}")
+    if len(input_size) != 4 or list(input_size[:2]) != list(grad_output.shape[:2]):
+        _fail(op, f"expected input_size (N, C, H, W) with (N, C) = "
+                  f"{list(grad_output.shape[:2])}, got {list(input_size)}")
 
 
 CHECKS = {"conv2d": _check_conv2d, "conv2d_relu": _check_conv2d,
