@@ -146,6 +146,16 @@ def test_check_fails_on_a_failed_gate_unless_allowed(tmp_path, monkeypatch, caps
     assert G.main(["--out", str(tmp_path), "--check", "--allow-fail", "gemm_nn"]) == 0
 
 
+def test_every_kernel_module_declares_kernel_specs():
+    """gpu-report compiles what kernel_specs lists: a module without it would go unjudged."""
+    from convkit.kernels.cuda import _kernel_modules
+
+    modules = _kernel_modules()
+    assert {"convkit.kernels.cuda.pool", "convkit.kernels.cuda.relu"} <= {
+        m.__name__ for m in modules}
+    assert [m.__name__ for m in modules if not hasattr(m, "kernel_specs")] == []
+
+
 def test_every_kernel_is_declared_once_with_a_valid_spec():
     from convkit.kernels.cuda import kernel_specs
     from convkit.kernels.cuda._report import KINDS

@@ -1,6 +1,7 @@
 """ReLU forward and backward on flat views of C-contiguous device arrays (any shape).
 
-y = x where x >= 0 or NaN, else 0 (torch's clamp_min: NaN propagates, -0.0 stays -0.0);
+y = x where x >= 0 or NaN, else 0 (torch's clamp_min: NaN propagates, -0.0 stays -0.0; the
+rule is epilogue.relu_value, which the conv kernels' ReLU epilogue applies too);
 grad_input = grad_output where y > 0, 0 where y <= 0
 (torch's threshold_backward). One grid-stride thread per element.
 
@@ -21,6 +22,7 @@ from convkit.kernels.cuda._common import (
     specialise,
 )
 from convkit.kernels.cuda._report import KernelSpec, array, dtype_name
+from convkit.kernels.cuda.epilogue import relu_value
 
 
 @specialise
@@ -31,8 +33,7 @@ def _relu_forward(dtype_char):
     def relu_forward(x, y):
         start, step = cuda.grid(1), cuda.gridsize(1)
         for i in range(start, x.size, step):
-            v = x[i]
-            y[i] = zero if v < 0 else v
+            y[i] = relu_value(x[i], zero)
 
     return relu_forward
 
