@@ -19,16 +19,16 @@ which form a progression r0, r0 + rstep, ...; over i that is a stride-1 correlat
 grad_output with those rows of w, read in reverse so its dilation is positive. Each gradient
 element is written by exactly one thread.
 
-Backward-weight is a reduction over (n, oh, ow): a block owns DIRECT_KB output channels, one
-input channel and up to WGRAD_TAPS taps, each thread keeps those 8 x 9 sums in registers for
-its positions (grad_output and the input window staged per tile of positions), one fixed-order
-tree in shared memory adds the threads, and the batch splits are added in order by a second
-kernel. Bias gradient: one block per channel, a fixed-order tree. No atomics anywhere: every
-result here is bitwise deterministic run to run.
+Backward-weight is a reduction over (n, oh, ow): a block owns WGRAD_KB output channels, one
+input channel and up to WGRAD_TAPS taps, each thread keeps those sums (8 x 9 in fp32) in
+registers for its positions (grad_output and the input window staged per tile of positions),
+one fixed-order tree in shared memory adds the threads, and the batch splits are added in order
+by a second kernel. Bias gradient: one block per channel, a fixed-order tree. No atomics
+anywhere: every result here is bitwise deterministic run to run.
 
-Index arithmetic is unsigned 32-bit wherever an index cannot be negative (see tiled_gemm.py:
-numba's wrap-around of signed indices costs as much as the FMAs), and no integer division by
-a runtime value is left inside a loop.
+Index arithmetic is 32-bit, unsigned wherever an index cannot be negative (see tiled_gemm.py:
+numba's wrap-around of signed indices costs as much as the FMAs): no 64-bit division in any
+loop, and no division by a runtime value in the FMA loops.
 """
 import math
 from typing import List

@@ -7,9 +7,10 @@ Per k of the slice a thread reads RM values of A and RN of B as 16-byte shared l
 RM*RN FMAs (fp32: 4 LDS.128 feed 64 FFMA).
 
 Index arithmetic is unsigned 32-bit: numba wraps every signed index that might be negative
-(``i < 0 ? i + shape : i``), which on sm_90 cost about as many integer instructions as FMAs in
-the inner loop; unsigned indices have no such test and let ptxas fuse the loads. The launch code
-keeps every operand under 2**32 elements (``check_index_range``).
+(``i < 0 ? i + shape : i``), and promotes 32-bit integers to 64 bits; unsigned indices truncated
+to 32 bits have no such test and let ptxas fuse the shared loads (issue 13's int32 prototype:
+158 instructions per 64 FFMA; with uint32: 79). The launch code keeps every operand under
+2**32 elements (``check_index_range``, ``conv_im2col._chunk``).
 
 The next slice is read from global memory into registers while the current one is multiplied
 (software pipelining: the loads are in flight during 8 steps of FMAs), then stored into the
@@ -68,6 +69,7 @@ class GemmShape(NamedTuple):
 
 
 def gemm_shape(t: GemmTile) -> GemmShape:
+    """The thread layout and shared-memory pitch a tile implies."""
     RM = RN = 2 * t.VEC  # two runs of VEC, half a tile apart: a warp reads distinct banks
     BX, BY = t.TN // RN, t.TM // RM
     # +VEC keeps every shared row VEC-aligned for wide loads and skews the k-major stores of a
@@ -76,6 +78,7 @@ def gemm_shape(t: GemmTile) -> GemmShape:
 
 
 def gemm_threads(dtype_char: str) -> int:
+    """Threads per block of the GEMM kernels for a dtype character ('f' or 'd')."""
     s = gemm_shape(GEMM_TILES[dtype_char])
     return s.BX * s.BY
 
