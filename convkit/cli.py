@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from convkit import gpu_report
 from convkit.bench import cli as bench_cli
 from convkit.data import EMBEDDED
 
@@ -97,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_arguments(sub.add_parser(
         "bench", help="benchmark convkit's kernels against torch (see 'convkit bench --help')",
         description=bench_cli.DESCRIPTION))
-    sub.add_parser("gpu-report", help="compile every CUDA kernel for sm_90/sm_80 and judge "
-                   "its machine code, no GPU needed (see 'convkit gpu-report --help')",
-                   add_help=False)
+    gpu_report.add_arguments(sub.add_parser(
+        "gpu-report", help="compile every CUDA kernel for sm_90/sm_80 and judge its machine "
+        "code, no GPU needed (see 'convkit gpu-report --help')",
+        description=gpu_report.DESCRIPTION))
     return parser
 
 
@@ -246,10 +248,9 @@ def run_train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) ->
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``convkit`` console script and ``python -m convkit``."""
     argv: List[str] = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "gpu-report":
-        from convkit import gpu_report
-        return gpu_report.main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "gpu-report":
+        return gpu_report.run(args)
     if args.command == "bench":
         # its own arguments go along: the report records them, a --cold-jit child reruns them
         return bench_cli.run(args, argv[argv.index("bench") + 1:])

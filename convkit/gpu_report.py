@@ -520,12 +520,20 @@ def roofline_table(model: dict) -> str:
 # ------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------
+DESCRIPTION = ("Compile every convkit CUDA kernel for an architecture (no GPU needed), write "
+               "the PTX and report.json, and with ptxas/nvdisasm installed judge the machine "
+               "code against issue 13's gates.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="convkit gpu-report",
-        description="Compile every convkit CUDA kernel for an architecture (no GPU needed), "
-                    "write the PTX and report.json, and with ptxas/nvdisasm installed judge "
-                    "the machine code against issue 13's gates.")
+    """The parser of ``python -m convkit.gpu_report`` (``convkit gpu-report`` uses the same
+    options through :func:`add_arguments`)."""
+    return add_arguments(argparse.ArgumentParser(prog="convkit gpu-report",
+                                                 description=DESCRIPTION))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add gpu-report's options to ``p`` (its own parser, or the ``convkit`` subcommand's)."""
     p.add_argument("--arch", choices=sorted(ARCHS), default="sm_90")
     p.add_argument("--out", required=True, metavar="DIR", help="where the PTX files, "
                    "report.json and analysis.json go")
@@ -556,8 +564,12 @@ def _compiler_errors() -> tuple:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``convkit gpu-report``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``python -m convkit.gpu_report``; returns the exit code."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the report for parsed options; returns the exit code."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         print("convkit gpu-report: NUMBA_ENABLE_CUDASIM=1 is set; the simulator cannot "
               "compile PTX. Run without it.", file=sys.stderr)
