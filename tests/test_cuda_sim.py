@@ -354,9 +354,9 @@ def test_stream_keyword_is_accepted():
 
 @pytest.fixture
 def sim_engine(monkeypatch):
-    """Route convkit's CPU tensors through the CUDA kernels (copied to the simulator): the CPU
-    engine that ``convkit.engine.engine_for`` hands out becomes a CUDA-kernel engine."""
-    import convkit.engine.cpu
+    """Route convkit's CPU tensors through the CUDA kernels (copied to the simulator): the ops
+    (``convkit.autograd.ops``) get a CUDA-kernel engine from ``engine_for``."""
+    import convkit.autograd.ops as ops
     from convkit.engine import KernelEngine
 
     calls = []
@@ -367,7 +367,7 @@ def sim_engine(monkeypatch):
 
     engine = KernelEngine("cuda", K, lambda t: dev(t.detach().contiguous()),
                           lambda a: torch.from_numpy(a.copy_to_host()), launch_kwargs)
-    monkeypatch.setattr(convkit.engine.cpu, "CPU_ENGINE", engine)
+    monkeypatch.setattr(ops, "engine_for", lambda device: engine)
     return calls
 
 
