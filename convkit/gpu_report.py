@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import glob
-import importlib
 import json
 import math
 import os
@@ -31,6 +30,9 @@ import sys
 import sysconfig
 import tempfile
 from typing import Dict, List, NamedTuple, Optional, Sequence
+
+from convkit.bench.shapes import CONV_SHAPES, PLANE_SHAPES
+from convkit.kernels.shapes import conv_output_size
 
 TOOL_PACKAGES = ("numba-cuda", "nvidia-cuda-nvcc-cu12==12.9.86",
                  "nvidia-cuda-nvrtc-cu12==12.9.86", "nvidia-cuda-nvdisasm")
@@ -380,57 +382,9 @@ def kernel_table(rows: Sequence[dict]) -> str:
 # ------------------------------------------------------------------------------------------
 # Roofline model
 # ------------------------------------------------------------------------------------------
-class _Conv(NamedTuple):
-    name: str
-    N: int
-    C: int
-    H: int
-    W: int
-    K: int
-    KH: int
-    KW: int
-    stride: tuple = (1, 1)
-    padding: tuple = (0, 0)
-    dilation: tuple = (1, 1)
-    groups: int = 1
-
-
-class _Plane(NamedTuple):
-    name: str
-    N: int
-    C: int
-    H: int
-    W: int
-    pool: int = 2
-
-
-# The README's benchmark tables, used when convkit.bench cannot be imported.
-_FALLBACK_PLANES = (_Plane("simplecnn-act1", 64, 32, 28, 28),
-                    _Plane("simplecnn-act2", 64, 64, 14, 14))
-_FALLBACK_CONVS = (
-    _Conv("simplecnn-conv1", 64, 1, 28, 28, 32, 3, 3, padding=(1, 1)),
-    _Conv("simplecnn-conv2", 64, 32, 14, 14, 64, 3, 3, padding=(1, 1)),
-    _Conv("resnet-3x3", 32, 64, 56, 56, 64, 3, 3, padding=(1, 1)),
-    _Conv("resnet-stem", 8, 3, 224, 224, 64, 7, 7, stride=(2, 2), padding=(3, 3)),
-    _Conv("vgg-first", 8, 3, 224, 224, 64, 3, 3, padding=(1, 1)),
-)
-
-
-def _bench_table(name: str, fallback: tuple) -> list:
-    """A shape table of the benchmark (convkit.bench's when importable, else the README's)."""
-    for module in ("convkit.bench.shapes", "convkit.bench"):
-        try:
-            shapes = [s for s in getattr(importlib.import_module(module), name)
-                      if s.name != "tiny"]
-            if shapes:
-                return shapes
-        except Exception:  # noqa: BLE001 - any failure: the README's table below
-            continue
-    return list(fallback)
-
-
-def _out_size(n, k, s, p, d):
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+def _without_tiny(shapes) -> list:
+    """The benchmark table's shapes (convkit.bench.shapes) but the per-call-overhead one."""
+    return [s for s in shapes if s.name != "tiny"]
 
 
 def _best_share(rows, words) -> Optional[float]:
@@ -458,9 +412,9 @@ def roofline(rows: Sequence[dict]) -> dict:
                          ("direct",))  # one direct kernel serving several passes
     direct = {p: shared if d is None else d for p, d in direct.items()}
     convs = []
-    for s in _bench_table("CONV_SHAPES", _FALLBACK_CONVS):
-        OH = _out_size(s.H, s.KH, s.stride[0], s.padding[0], s.dilation[0])
-        OW = _out_size(s.W, s.KW, s.stride[1], s.padding[1], s.dilation[1])
+    for s in _without_tiny(CONV_SHAPES):
+        OH = conv_output_size(s.H, s.KH, s.stride[0], s.padding[0], s.dilation[0])
+        OW = conv_output_size(s.W, s.KW, s.stride[1], s.padding[1], s.dilation[1])
         Cg = s.C // s.groups
         flops = 2 * s.N * s.K * OH * OW * Cg * s.KH * s.KW
         io = 4 * (s.N * s.C * s.H * s.W + s.K * Cg * s.KH * s.KW + s.N * s.K * OH * OW)
@@ -475,7 +429,7 @@ def roofline(rows: Sequence[dict]) -> dict:
             "direct_us": {p: None if not d else 1e6 * max(t_flop / d, t_io)
                           for p, d in direct.items()}})
     planes = []
-    for s in _bench_table("PLANE_SHAPES", _FALLBACK_PLANES):
+    for s in _without_tiny(PLANE_SHAPES):
         n = s.N * s.C * s.H * s.W
         m = n // (getattr(s, "pool", 2) ** 2)  # pooled outputs, each with an int64 index
         traffic = {"relu_fwd": 8 * n, "relu_bwd": 12 * n, "pool_fwd": 4 * n + 12 * m,
