@@ -17,6 +17,8 @@ from convkit.autograd import (
     MaxPool2dFunction,
     ReLUFunction,
     apply,
+    needs_autograd,
+    ops,
     relu_inplace,
 )
 from convkit.autograd.ops import REDUCED_DTYPES
@@ -93,7 +95,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     "auto" (``convkit.engine.algorithm``: a fixed rule of the shape per pass, the same on every
     device; :func:`select_algorithm` says which it picks).
     """
-    return _conv2d(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups,
+    return _conv2d(False, input, weight, bias, stride, padding, dilation, groups,
                    algorithm)
 
 
@@ -104,12 +106,13 @@ def conv2d_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     """``relu(conv2d(...))`` fused into one autograd op: the ReLU is applied in place to the
     convolution's output and only that output is saved for backward (one tensor fewer per
     layer than conv2d followed by relu). Arguments as :func:`conv2d`."""
-    return _conv2d(Conv2dReLUFunction, input, weight, bias, stride, padding, dilation, groups,
+    return _conv2d(True, input, weight, bias, stride, padding, dilation, groups,
                    algorithm)
 
 
-def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, algorithm):
-    """Validate and normalise the arguments, then apply ``function`` (a conv Function)."""
+def _conv2d(relu, input, weight, bias, stride, padding, dilation, groups, algorithm):
+    """Validate and normalise the arguments, then run the conv (then ReLU, fused, if ``relu``):
+    its Function where autograd has something to record, else the op itself."""
     _check_tensor(input, "input", "conv2d")
     _check_tensor(weight, "weight", "conv2d")
     if bias is not None:
@@ -150,11 +153,12 @@ def _conv2d(function, input, weight, bias, stride, padding, dilation, groups, al
     check_conv2d(tuple(input.shape), tuple(weight.shape),
                  None if bias is None else tuple(bias.shape),
                  stride, padding, dilation, groups)
-    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        y = apply(function, input, weight, bias, stride, padding, dilation, groups, algorithm)
+    if needs_autograd(input, weight, bias):
+        y = apply(Conv2dReLUFunction if relu else Conv2dFunction, input, weight, bias,
+                  *stride, *padding, *dilation, groups, algorithm)
     else:
-        y = function.forward(input, weight, bias, stride, padding, dilation, groups, algorithm)
+        y = (ops.conv2d_relu if relu else ops.conv2d)(input, weight, bias, stride, padding,
+                                                     dilation, groups, algorithm)
     return y.squeeze(0) if unbatched else y
 
 
@@ -175,9 +179,9 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         return input if inplace else y.permute([order.index(d) for d in range(len(order))])
     if inplace:
         return relu_inplace(input)
-    if input.requires_grad and torch.is_grad_enabled():
+    if needs_autograd(input):
         return apply(ReLUFunction, input)
-    return ReLUFunction.forward(input)
+    return ops.relu(input)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -201,12 +205,11 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
         input = input.unsqueeze(0)
     check_max_pool2d(tuple(input.shape), kernel, stride, padding, dilation, bool(ceil_mode))
     ceil_mode = bool(ceil_mode)
-    if input.requires_grad and torch.is_grad_enabled():
-        y, indices = apply(MaxPool2dFunction, input, kernel, stride, padding, dilation,
+    if needs_autograd(input):
+        y, indices = apply(MaxPool2dFunction, input, *kernel, *stride, *padding, *dilation,
                            ceil_mode)
     else:
-        y, indices = MaxPool2dFunction.forward(input, kernel, stride, padding, dilation,
-                                               ceil_mode)
+        y, indices = ops.max_pool2d(input, kernel, stride, padding, dilation, ceil_mode)
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return y, indices

@@ -1,12 +1,14 @@
 """torch.func over convkit: per-sample gradients (vmap of grad), jacrev, ensembles (vmap over
-stacked weights), gradients of gradients; the references are torch's own ops and loops."""
+stacked weights, inference and training), gradients of gradients, forward mode (jacfwd, hessian,
+dual tensors); the references are torch's own ops and loops."""
 import copy
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call, grad, jacrev, stack_module_state, vmap
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, stack_module_state, vmap
 
 import convkit
 import convkit.functional as CF
@@ -90,6 +92,13 @@ def test_ensemble_of_models_through_vmap_equals_each_model():
 
     got = vmap(run)(params, buffers)
     torch.testing.assert_close(got, torch.stack([r(x) for r in refs]), rtol=1e-10, atol=1e-10)
+    # training the ensemble: one gradient per model, through the in-place ReLUs as well
+    grads = vmap(grad(lambda p, b: run(p, b).square().sum()))(params, buffers)
+    for i, r in enumerate(refs):
+        r.zero_grad()
+        r(x).square().sum().backward()
+        for name, p in r.named_parameters():
+            torch.testing.assert_close(grads[name][i], p.grad, rtol=1e-10, atol=1e-10)
 
 
 def test_gradient_of_a_gradient_under_torch_func():
@@ -117,3 +126,48 @@ def test_vmap_over_a_non_leading_dimension():
     got = vmap(f, in_dims=2, out_dims=1)(x)
     want = torch.stack([f(x[:, :, i]) for i in range(x.shape[2])], dim=1)
     torch.testing.assert_close(got, want)
+
+
+def _net(conv, relu, pool, b):
+    def f(x, w):
+        return pool(relu(conv(x, w, b, padding=1, stride=(1, 2))), 2, ceil_mode=True)
+    return f
+
+
+MINE = _net(CF.conv2d, CF.relu, CF.max_pool2d, None)
+TORCH = _net(F.conv2d, F.relu, F.max_pool2d, None)
+
+
+@pytest.mark.parametrize("argnums", [0, 1])
+def test_forward_mode_jacfwd_and_hessian_equal_torch(argnums):
+    """Forward mode runs on the Functions' tangents (each op is linear in each tensor argument,
+    or piecewise so): jacfwd, and hessian = jacfwd of jacrev (jvp over vmap)."""
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64)
+    w = torch.randn(4, 2, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(jacfwd(MINE, argnums=argnums)(x, w),
+                               jacfwd(TORCH, argnums=argnums)(x, w))
+
+    def energy(f):
+        return lambda x, w: f(x, w).pow(2).sum()
+
+    torch.testing.assert_close(hessian(energy(MINE), argnums=argnums)(x[:1], w),
+                               hessian(energy(TORCH), argnums=argnums)(x[:1], w))
+
+
+def test_forward_ad_dual_tensors_and_gradcheck_forward_mode():
+    x = torch.randn(2, 2, 6, 5, dtype=torch.float64)
+    w = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    tangent = torch.randn_like(x)
+    tangents = []
+    for conv, relu, pool in ((CF.conv2d, CF.relu, CF.max_pool2d),
+                             (F.conv2d, F.relu, F.max_pool2d)):
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x.clone(), tangent)
+            y = pool(relu(conv(dual, w, b, padding=1), inplace=True), 2)
+            tangents.append(fwAD.unpack_dual(y).tangent)
+    torch.testing.assert_close(tangents[0], tangents[1])
+    xr = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: CF.max_pool2d(CF.conv2d_relu(x, w, b, padding=1), 2, ceil_mode=True), (xr,),
+        check_forward_ad=True, check_backward_ad=True)

@@ -294,3 +294,15 @@ def test_dispatched_calls_check_their_arguments():
         OPS.max_pool2d_backward(y, idx, [2, 5, 7, 6])
     with pytest.raises(ArgumentError, match="result of size"):
         OPS.relu_backward(y, x)
+
+
+def test_in_place_relu_without_grad_still_guards_saved_tensors():
+    """relu_ written by the kernel bumps the version counter, as torch's in-place ops do, so a
+    tensor saved for backward and then changed in place is refused, not silently wrong."""
+    x = torch.randn(2, 3, 5, 5)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    y = CF.conv2d(x, w)  # saves x for the weight gradient
+    with torch.no_grad():
+        CF.relu(x, inplace=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

@@ -35,6 +35,7 @@ from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from convkit.engine import engine_for
 from convkit.kernels.shapes import (
@@ -166,6 +167,8 @@ def _relu_(input):
         input.copy_(_relu(input))  # the kernel writes in place into contiguous memory only
     else:
         _engine(input).relu_forward(input, input)
+        # written behind autograd's back: bump the version, so a saved x refuses to be used
+        increment_version(input)
 
 
 def _relu_backward(grad_output, result):

@@ -39,7 +39,9 @@ def _conv_vmap(op):
         K = w.shape[1]
         b = None if bias is None else _batch_first(bias, b_dim, B).flatten(0, 1)
         y = op(x, w.flatten(0, 1), b, stride, padding, dilation, groups * B, algorithm)
-        return y.unflatten(1, (B, K)), 1
+        # batch-first and not a view: an in-place ReLU on it under torch.func.grad would be an
+        # in-place change of a view made inside an autograd.Function, which autograd forbids
+        return y.unflatten(1, (B, K)).movedim(1, 0).contiguous(), 0
 
     return rule
 
