@@ -59,6 +59,17 @@ def _calls(op, impl):
     return table[op][impl], table[op]["torch"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread for both sides: these calls are far below any parallel grain, and on a busy
+    machine a parallel region's barrier can wait milliseconds for a descheduled worker (seen:
+    torch's tiny conv 16 ms with 2 threads, 10 us with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("impl", ["torch", "convkit", "dispatcher"])
 @pytest.mark.parametrize("op", ["conv2d forward", "relu", "max_pool2d",
                                 "conv2d forward+backward"])
