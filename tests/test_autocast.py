@@ -81,3 +81,22 @@ def test_autocast_inside_a_compiled_model():
     got = torch.compile(run, fullgraph=True, backend="aot_eager")(x)
     assert got.dtype == torch.bfloat16
     assert torch.equal(got, run(x))
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv2d_relu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_registered_ops_follow_autocast_when_called_directly(name, dtype):
+    x, w, b = torch.randn(2, 4, 9, 7), torch.randn(6, 2, 3, 3), torch.randn(6)
+    op = getattr(torch.ops.convkit, name)
+    args = ([2, 1], [1, 1], [1, 1], 2, "im2col")
+    with torch.autocast("cpu", dtype):
+        got = op(x, w, b, *args)
+        ref = F.conv2d(x, w, b, stride=(2, 1), padding=1, groups=2)
+        ref = F.relu(ref) if name == "conv2d_relu" else ref
+    assert got.dtype == ref.dtype == dtype
+    assert torch.equal(got, op(x.to(dtype), w.to(dtype), b.to(dtype), *args))
+    torch.testing.assert_close(got.float(), ref.float(), **TOL[dtype])
+    # float64 is not cast; outside autocast nothing is
+    with torch.autocast("cpu", dtype):
+        assert op(x.double(), w.double(), b.double(), *args).dtype == torch.float64
+    assert op(x, w, b, *args).dtype == torch.float32

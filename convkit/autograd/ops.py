@@ -404,6 +404,38 @@ for _name, _schema in SCHEMAS.items():
 
 OPS = {name: getattr(torch.ops.convkit, name).default for name in SCHEMAS}
 
+# torch's autocast policy for the ops called directly (convkit.functional applies the same rule
+# itself before its fast path): conv2d and conv2d_relu are lower-precision ops, their float32 /
+# float16 / bfloat16 tensors cast to the autocast dtype of the moment (torch.library's
+# register_autocast fixes one dtype, so this is its kernel with the dtype read per call)
+AUTOCAST_OPS = ("conv2d", "conv2d_relu")
+_AUTOCAST_ELIGIBLE = (torch.float32,) + REDUCED_DTYPES
+
+
+def _autocast_kernel(name: str, device_type: str):
+    op = OPS[name]
+    key = getattr(torch._C.DispatchKey, "Autocast" + torch._C._dispatch_key_for_device(
+        device_type))
+
+    def cast(t):
+        dtype = torch.get_autocast_dtype(device_type)
+        return t.to(dtype) if isinstance(t, Tensor) and t.dtype in _AUTOCAST_ELIGIBLE else t
+
+    def run(*args):
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return op(*(cast(a) for a in args))
+
+    if op.has_kernel_for_dispatch_key(key):
+        op.py_kernels.pop(key)
+    op.py_impl(key)(run)  # what tracing (export, make_fx) runs
+    return key.name, lambda _keyset, *args: run(*args)
+
+
+for _name in AUTOCAST_OPS:
+    for _device in ("cpu", "cuda"):
+        _key_name, _kernel = _autocast_kernel(_name, _device)
+        LIB.impl(_name, _kernel, _key_name, with_keyset=True)
+
 
 # --- the Python entry points the autograd Functions call --------------------------------------
 
