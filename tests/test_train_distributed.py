@@ -144,9 +144,7 @@ def test_a_failing_rank_stops_the_run_with_its_error(tmp_path):
 
 # --- exact repeats and resume in one process --------------------------------------------------
 
-@pytest.mark.parametrize("algorithm", [
-    "im2col", "direct",
-    pytest.param("auto", marks=pytest.mark.xfail(strict=False, reason="auto timing"))])
+@pytest.mark.parametrize("algorithm", ["im2col", "direct", "auto"])
 def test_same_command_same_seed_repeats_bitwise_in_fresh_processes(tmp_path, algorithm):
     # both at once (one thread each): the second run may not borrow anything from the first
     procs = [subprocess.Popen([sys.executable, "-m", "convkit", "train", "--epochs", "1",
