@@ -83,8 +83,11 @@ class ToolError(RuntimeError):
 def find_tool(name: str) -> Optional[str]:
     """Path of ``ptxas`` or ``nvdisasm``: the pip wheels' copy first (the version numba's NVVM
     matches), then PATH, then $CUDA_HOME/bin and /usr/local/cuda/bin."""
-    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    for root in sorted(roots):
+    paths = sysconfig.get_paths()
+    # this environment's site-packages, then every other one on sys.path (a venv made with
+    # --system-site-packages finds the wheels in the base interpreter's)
+    roots = [paths["purelib"], paths["platlib"]] + [p for p in sys.path if os.path.isdir(p)]
+    for root in dict.fromkeys(roots):
         for path in sorted(glob.glob(os.path.join(root, "nvidia", "*", "bin", name))):
             if os.access(path, os.X_OK):
                 return path
