@@ -31,3 +31,19 @@ def _seed():
 
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+def draw_conv_geometry(rng):
+    """(N, C, H, W, K, groups, KH, KW) of a random conv from the parity suites' ranges: one
+    group, two groups or depthwise (1 or 2 filters per channel)."""
+    kind = rng.choice(["1", "2", "depthwise"])
+    if kind == "1":
+        G, C, K = 1, rng.randint(1, 8), rng.randint(1, 8)
+    elif kind == "2":
+        G, C, K = 2, 2 * rng.randint(1, 4), 2 * rng.randint(1, 4)
+    else:
+        C = rng.randint(1, 8)
+        G, K = C, C * rng.choice([1, 2])
+    N, H, W = rng.randint(1, 4), rng.randint(1, 17), rng.randint(1, 17)
+    KH, KW = rng.randint(1, 5), rng.randint(1, 5)
+    return N, C, H, W, K, G, KH, KW

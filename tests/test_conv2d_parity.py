@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import draw_conv_geometry
 
 import convkit.functional as CF
 
@@ -19,16 +20,7 @@ def _draw_cases(n_cases, seed=2026):
     rng = random.Random(seed)
     cases = []
     while len(cases) < n_cases:
-        groups_kind = rng.choice(["1", "2", "depthwise"])
-        if groups_kind == "1":
-            G, C, K = 1, rng.randint(1, 8), rng.randint(1, 8)
-        elif groups_kind == "2":
-            G, C, K = 2, 2 * rng.randint(1, 4), 2 * rng.randint(1, 4)
-        else:
-            C = rng.randint(1, 8)
-            G, K = C, C * rng.choice([1, 2])
-        N, H, W = rng.randint(1, 4), rng.randint(1, 17), rng.randint(1, 17)
-        KH, KW = rng.randint(1, 5), rng.randint(1, 5)
+        N, C, H, W, K, G, KH, KW = draw_conv_geometry(rng)
         dil = (rng.randint(1, 2), rng.randint(1, 2))
         pad_kind = rng.choice(["int", "int", "pair", "same", "valid"])
         stride = (1, 1) if pad_kind == "same" else (rng.randint(1, 3), rng.randint(1, 3))

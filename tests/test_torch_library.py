@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from conftest import draw_conv_geometry
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import convkit.functional as CF
@@ -34,16 +35,7 @@ def _conv_cases(n, seed):
     rng = random.Random(seed)
     cases = []
     while len(cases) < n:
-        kind = rng.choice(["1", "2", "depthwise"])
-        if kind == "1":
-            G, C, K = 1, rng.randint(1, 8), rng.randint(1, 8)
-        elif kind == "2":
-            G, C, K = 2, 2 * rng.randint(1, 4), 2 * rng.randint(1, 4)
-        else:
-            C = rng.randint(1, 8)
-            G, K = C, C * rng.choice([1, 2])
-        N, H, W = rng.randint(1, 4), rng.randint(1, 17), rng.randint(1, 17)
-        KH, KW = rng.randint(1, 5), rng.randint(1, 5)
+        N, C, H, W, K, G, KH, KW = draw_conv_geometry(rng)
         stride = [rng.randint(1, 3), rng.randint(1, 3)]
         padding = [rng.randint(0, 2), rng.randint(0, 2)]
         dilation = [rng.randint(1, 2), rng.randint(1, 2)]
