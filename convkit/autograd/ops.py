@@ -87,8 +87,14 @@ def _result_format(*tensors) -> torch.memory_format:
         else torch.contiguous_format
 
 
-def _widen(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.float()
+def _in_float32(impl, *args):
+    """``impl(*args)`` with its float16 / bfloat16 tensors computed in float32 and the floating
+    results rounded back once (torch's CPU rule); integer tensors (pool indices) pass through."""
+    dtype = args[0].dtype
+    out = impl(*(a.float() if isinstance(a, Tensor) and a.dtype == dtype else a for a in args))
+    if isinstance(out, tuple):
+        return tuple(o.to(dtype) if o.is_floating_point() else o for o in out)
+    return out.to(dtype)
 
 
 _cpu_engine = [None, None]  # (the engine_for that gave it, the CPU engine)
@@ -108,13 +114,11 @@ def _engine(t: Tensor):
 # --- implementations: tensors in, the engine's kernels, tensors out --------------------------
 
 def _conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm, relu=False):
-    dtype = input.dtype
-    if dtype in REDUCED_DTYPES:
-        y = _engine(input).conv2d_forward(input.float(), weight.float(), _widen(bias), stride,
-                                          padding, dilation, groups, algorithm, relu).to(dtype)
-    else:
-        y = _engine(input).conv2d_forward(input, weight, bias, stride, padding, dilation,
-                                          groups, algorithm, relu)
+    if input.dtype in REDUCED_DTYPES:
+        return _in_float32(_conv2d, input, weight, bias, stride, padding, dilation, groups,
+                           algorithm, relu)
+    y = _engine(input).conv2d_forward(input, weight, bias, stride, padding, dilation, groups,
+                                      algorithm, relu)
     if not (input.is_contiguous() and weight.is_contiguous()) and \
             (channels_last(input) or channels_last(weight)):
         y = y.contiguous(memory_format=torch.channels_last)
@@ -127,11 +131,9 @@ def _conv2d_relu(input, weight, bias, stride, padding, dilation, groups, algorit
 
 def _conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups,
                            algorithm):
-    dtype = grad_output.dtype
-    if dtype in REDUCED_DTYPES:
-        return _engine(grad_output).conv2d_backward_input(
-            grad_output.float(), weight.float(), tuple(input_size), stride, padding, dilation,
-            groups, algorithm).to(dtype)
+    if grad_output.dtype in REDUCED_DTYPES:
+        return _in_float32(_conv2d_backward_input, grad_output, weight, input_size, stride,
+                           padding, dilation, groups, algorithm)
     return _engine(grad_output).conv2d_backward_input(grad_output, weight, tuple(input_size),
                                                       stride, padding, dilation, groups,
                                                       algorithm)
@@ -139,26 +141,22 @@ def _conv2d_backward_input(grad_output, weight, input_size, stride, padding, dil
 
 def _conv2d_backward_weight(input, grad_output, weight_size, stride, padding, dilation, groups,
                             algorithm):
-    dtype = input.dtype
-    if dtype in REDUCED_DTYPES:
-        return _engine(input).conv2d_backward_weight(
-            input.float(), grad_output.float(), tuple(weight_size), stride, padding, dilation,
-            groups, algorithm).to(dtype)
+    if input.dtype in REDUCED_DTYPES:
+        return _in_float32(_conv2d_backward_weight, input, grad_output, weight_size, stride,
+                           padding, dilation, groups, algorithm)
     return _engine(input).conv2d_backward_weight(input, grad_output, tuple(weight_size), stride,
                                                  padding, dilation, groups, algorithm)
 
 
 def _conv2d_backward_bias(grad_output):
-    dtype = grad_output.dtype
-    if dtype in REDUCED_DTYPES:
-        return _engine(grad_output).conv2d_backward_bias(grad_output.float()).to(dtype)
+    if grad_output.dtype in REDUCED_DTYPES:
+        return _in_float32(_conv2d_backward_bias, grad_output)
     return _engine(grad_output).conv2d_backward_bias(grad_output)
 
 
 def _relu(input):
-    dtype = input.dtype
-    if dtype in REDUCED_DTYPES:
-        return _engine(input).relu_forward(input.float()).to(dtype)
+    if input.dtype in REDUCED_DTYPES:
+        return _in_float32(_relu, input)
     return _engine(input).relu_forward(input)
 
 
@@ -172,21 +170,17 @@ def _relu_(input):
 
 
 def _relu_backward(grad_output, result):
-    dtype = grad_output.dtype
-    if dtype in REDUCED_DTYPES:
-        return _engine(grad_output).relu_backward(grad_output.float(), result.float()).to(dtype)
+    if grad_output.dtype in REDUCED_DTYPES:
+        return _in_float32(_relu_backward, grad_output, result)
     return _engine(grad_output).relu_backward(grad_output, result)
 
 
 def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
-    dtype = input.dtype
-    if dtype in REDUCED_DTYPES:
-        y, indices = _engine(input).max_pool2d_forward(input.float(), kernel_size, stride,
-                                                       padding, dilation, ceil_mode)
-        y = y.to(dtype)
-    else:
-        y, indices = _engine(input).max_pool2d_forward(input, kernel_size, stride, padding,
-                                                       dilation, ceil_mode)
+    if input.dtype in REDUCED_DTYPES:
+        return _in_float32(_max_pool2d, input, kernel_size, stride, padding, dilation,
+                           ceil_mode)
+    y, indices = _engine(input).max_pool2d_forward(input, kernel_size, stride, padding,
+                                                   dilation, ceil_mode)
     if not input.is_contiguous() and channels_last(input):
         y = y.contiguous(memory_format=torch.channels_last)
         indices = indices.contiguous(memory_format=torch.channels_last)
@@ -194,10 +188,8 @@ def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 def _max_pool2d_backward(grad_output, indices, input_size):
-    dtype = grad_output.dtype
-    if dtype in REDUCED_DTYPES:
-        return _engine(grad_output).max_pool2d_backward(grad_output.float(), indices,
-                                                        tuple(input_size)).to(dtype)
+    if grad_output.dtype in REDUCED_DTYPES:
+        return _in_float32(_max_pool2d_backward, grad_output, indices, input_size)
     return _engine(grad_output).max_pool2d_backward(grad_output, indices, tuple(input_size))
 
 
