@@ -12,7 +12,10 @@ comparison); a second ``torch-tf32`` column runs with TF32 on.
 One job per module:
 
 - ``shapes``: the named shape table (the single source for this command and ``benchmarks/``),
-  the ops and the ``--shapes`` / ``--ops`` selection;
+  the ops and the ``--shapes`` / ``--ops`` selection, and whole networks' convs (``WORKLOADS``:
+  each distinct conv with its occurrence count, e.g. ``--shapes resnet18-convs``);
+- ``weighted``: a workload's occurrence-weighted fwd+bwd total against torch, and the (conv,
+  pass) terms that cost the most time over torch;
 - ``cases``: what is called on each side for one (shape, op), through convkit's public API;
 - ``harness``: validate before timing, the timer, the statistics of a row;
 - ``machine``: the environment a run records (also ``convkit train``'s) and the SGEMM / copy roofs;

@@ -18,7 +18,15 @@ import torch
 
 from convkit.bench.harness import QUICK_SETTINGS, Settings
 from convkit.bench.report import write_outputs
-from convkit.bench.shapes import ALGORITHMS, OP_GROUPS, OPS, all_shapes, select_ops, select_shapes
+from convkit.bench.shapes import (
+    ALGORITHMS,
+    OP_GROUPS,
+    OPS,
+    WORKLOADS,
+    all_shapes,
+    select_ops,
+    select_shapes,
+)
 
 DESCRIPTION = ("Time convkit's conv2d / ReLU / max-pool kernels and a SimpleCNN training step "
                "against PyTorch (oneDNN on CPU, cuDNN on GPU) on a named shape table.")
@@ -38,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         f"{', '.join(OP_GROUPS)}; comma-separated also works")
     p.add_argument("--shapes", nargs="+", metavar="NAME",
                    help="shape names from the table (default: all, or the quick subset); "
-                        f"{', '.join(s.name for s in all_shapes())}")
+                        f"{', '.join(s.name for s in all_shapes())}; or a network's convs, "
+                        f"{', '.join(WORKLOADS)}: its distinct convs, reported also as one "
+                        "total weighted by how often each occurs (python -m convkit.bench.shapes "
+                        "lists them)")
     p.add_argument("--algorithms", nargs="+", metavar="ALGO", default=list(ALGORITHMS),
                    help="convkit conv algorithms to time (default: direct im2col auto)")
     p.add_argument("--json", metavar="FILE", help="write every row and the machine info as JSON")

@@ -11,6 +11,9 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from convkit.bench import weighted
+from convkit.bench.shapes import WORKLOADS
+
 
 def _fmt(v, spec: str, empty: str = "-") -> str:
     return empty if v is None else format(v, spec)
@@ -94,16 +97,73 @@ def summary_table(rows: Sequence[dict], markdown: bool = False) -> str:
     out = []
     for cols, lines in tables.items():
         header = ["shape", "op", *[f"{c} ms" for c in cols], "best convkit", "auto chose"]
-        if markdown:
-            out += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-            out += ["| " + " | ".join(line) + " |" for line in lines]
-        else:
-            widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-            fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-            out += [fmt.format(*header), fmt.format(*("-" * w for w in widths)),
-                    *[fmt.format(*line).rstrip() for line in lines]]
+        out += [_grid(header, lines, markdown), ""]
+    return "\n".join(out).rstrip("\n")
+
+
+def _grid(header: Sequence[str], lines: Sequence[Sequence[str]], markdown: bool) -> str:
+    """A markdown table, or columns aligned with two spaces and a dashed rule under the header."""
+    if markdown:
+        return "\n".join(["| " + " | ".join(header) + " |",
+                          "|" + "|".join("---" for _ in header) + "|",
+                          *["| " + " | ".join(line) + " |" for line in lines]])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths)),
+                      *[fmt.format(*line).rstrip() for line in lines]])
+
+
+def network_tables(rows: Sequence[dict], markdown: bool = False) -> str:
+    """Per workload and convkit implementation measured: one line per distinct conv (count,
+    shape, torch / convkit ms and ratio of each pass, the time it costs over torch weighted by
+    its count, what auto chose), the weighted total against torch, and the (conv, pass) terms
+    with the most time over torch. Empty string when no workload was measured."""
+    out = []
+    for s in weighted.summaries(rows):
+        workload, impl = WORKLOADS[s["workload"]], s["impl"]
+        header = ["conv", "count", "shape",
+                  *[f"{weighted.PASS_LABELS[op]}: torch / {impl} ms" for op in s["ops"]],
+                  f"count x ({impl} - torch) ms", "auto chose"]
+        lines = []
+        for shape, count in workload.convs:
+            terms = {t["op"]: t for t in s["terms"] if t["shape"] == shape.name}
+            cells = [f"{_ms(t['torch_ms'])} / {_ms(t['convkit_ms'])} ({_ratio(t['ratio'])}x)"
+                     if t else "-" for t in (terms.get(op) for op in s["ops"])]
+            excess = sum(t["excess_ms"] for t in terms.values())
+            lines.append([shape.name, str(count), shape.describe(), *cells,
+                          f"{excess:+.4g}" if terms else "-",
+                          weighted.combined_choice(list(terms.values()))])
+        out += [f"{workload.name} ({workload.description}), {impl} vs torch:", "",
+                _grid(header, lines, markdown), "", _weighted_line(s, markdown)]
+        top = weighted.largest_excess(s)
+        if top:
+            out.append(f"Most time over torch, count x ({impl} - torch) ms:")
+            out += [f"{'-' if markdown else ' '} {j}. {t['shape']} "
+                    f"{weighted.PASS_LABELS[t['op']]}: {t['excess_ms']:+.4g} ms "
+                    f"(x{t['count']}, {_ms(t['torch_ms'])} -> {_ms(t['convkit_ms'])} ms, "
+                    f"{_ratio(t['ratio'])}x" + (f", {t['auto_choice']}" if t["auto_choice"]
+                                                 else "") + ")"
+                    for j, t in enumerate(top, 1)]
+        elif s["terms"]:
+            out.append(f"No pass of {impl} is slower than torch.")
         out.append("")
     return "\n".join(out).rstrip("\n")
+
+
+def _weighted_line(s: dict, markdown: bool) -> str:
+    """The weighted total of one network summary, in words."""
+    passes = " + ".join(weighted.PASS_LABELS[op] for op in s["ops"])
+    bold = "**" if markdown else ""
+    if s["ratio"] is None:
+        missing = ", ".join(f"{n} {op}" for n, op in s["missing"][:4])
+        more = f" and {len(s['missing']) - 4} more" if len(s["missing"]) > 4 else ""
+        return (f"Weighted {s['workload']}, {s['impl']}: incomplete, no measured torch and "
+                f"{s['impl']} row for {missing}{more}.")
+    partial = "" if s["complete"] else " (not every pass was measured: not the fwd+bwd total)"
+    return (f"{bold}Weighted {s['workload']}, {s['impl']}: sum of count x ({passes}) = "
+            f"{_ms(s['convkit_ms'])} ms vs torch {_ms(s['torch_ms'])} ms = "
+            f"{_ratio(s['ratio'])}x{bold} ({s['num_convs']} convs, {s['distinct']} distinct; "
+            f"same run){partial}")
 
 
 def detail_table(rows: Sequence[dict]) -> str:
@@ -161,6 +221,11 @@ def target_checks(rows: Sequence[dict]) -> List[Tuple[str, str, str]]:
     check("224x224 3-channel convs faster than torch (fwd+bwd)",
           {"resnet-stem": ratio("resnet-stem", "conv_fwd_bwd"),
            "vgg-first": ratio("vgg-first", "conv_fwd_bwd")}, lambda v: v < 1.0)
+    networks = weighted.weighted_ratios(rows, "auto")
+    check("ResNet-18 convs fwd+bwd <= 1.1x torch (weighted)",
+          {"weighted": networks.get("resnet18-convs")}, lambda v: v <= 1.1)
+    check("ResNet-50 convs fwd+bwd <= 1.1x torch (weighted)",
+          {"weighted": networks.get("resnet50-convs")}, lambda v: v <= 1.1)
     roof = get.get(("resnet-3x3", "conv_fwd", "auto"))
     if roof is not None and roof["roof_pct"] is not None:
         check("ResNet 3x3 (56x56 C64) forward >= 60% of the SGEMM roof",
@@ -246,6 +311,7 @@ def markdown_report(result: dict) -> str:
         "",
         summary_table(result["rows"], markdown=True),
         "",
+        *_networks_section(result["rows"]),
         "## Speed targets (issue 7), this run",
         "",
         targets_table(result["rows"], markdown=True) or "No target's rows were measured.",
@@ -264,6 +330,15 @@ def markdown_report(result: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _networks_section(rows: Sequence[dict]) -> List[str]:
+    tables = network_tables(rows, markdown=True)
+    if not tables:
+        return []
+    return ["## Networks: every conv weighted by how often it occurs", "",
+            "Ratios as above; the weighted total divides the sums over the network's convs of "
+            "count x median ms, convkit's by torch's.", "", tables, ""]
 
 
 def plot_ratios(rows: Sequence[dict], path: str, title: str = "") -> None:
@@ -366,6 +441,9 @@ def write_outputs(result: dict, json_path: Optional[str] = None, plot: Optional[
     """
     print()
     print(summary_table(result["rows"]))
+    networks = network_tables(result["rows"])
+    if networks:
+        print("\n" + networks)
     targets = targets_table(result["rows"])
     if targets:
         print("\nspeed targets (auto vs torch):\n" + targets)
@@ -389,7 +467,9 @@ def write_outputs(result: dict, json_path: Optional[str] = None, plot: Optional[
         report_md = outputs["markdown"]
     if outputs["json"]:
         with open(outputs["json"], "w") as f:
-            json.dump(_finite(result), f, indent=1, default=str)
+            # the weighted network totals ride along, so a reader of the JSON need not recompute
+            json.dump(_finite({**result, "networks": weighted.summaries(result["rows"])}), f,
+                      indent=1, default=str)
             f.write("\n")
     if outputs["markdown"]:
         with open(outputs["markdown"], "w") as f:

@@ -2,12 +2,15 @@
 
 ``CONV_SHAPES``, ``PLANE_SHAPES`` and ``TRAIN_SHAPES`` name every problem the report times, the
 ops that make sense for each kind of shape, and the selection rules of ``--shapes`` / ``--ops``.
-``python -m convkit.bench.shapes`` lists the table with forward FLOP counts.
+``WORKLOADS`` are whole networks' convolutions (each distinct conv once, with how often the
+network runs it), selected by name with ``--shapes`` and reported as one weighted total
+(``convkit.bench.weighted``). ``python -m convkit.bench.shapes`` lists the table with forward
+FLOP counts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from convkit.kernels.shapes import conv2d_flops, conv_output_size
 
@@ -137,6 +140,89 @@ TRAIN_SHAPES: Tuple[TrainShape, ...] = (
     TrainShape("simplecnn-train", 64, quick=True),
 )
 
+@dataclass(frozen=True)
+class Workload:
+    """The convolutions of one network: each distinct conv once, with its occurrence count."""
+
+    name: str
+    description: str
+    convs: Tuple[Tuple[ConvShape, int], ...]
+
+    @property
+    def shapes(self) -> Tuple[ConvShape, ...]:
+        return tuple(s for s, _ in self.convs)
+
+    @property
+    def counts(self) -> Dict[str, int]:
+        """Shape name -> how many convs of the network have that shape."""
+        return {s.name: n for s, n in self.convs}
+
+    @property
+    def num_convs(self) -> int:
+        return sum(n for _, n in self.convs)
+
+    @property
+    def flops(self) -> int:
+        """FLOPs (2 per multiply-add) of one forward through every conv of the network."""
+        return sum(n * s.flops for s, n in self.convs)
+
+
+def _resnet_conv(prefix: str, N: int, C: int, HW: int, K: int, k: int, stride: int = 1,
+                 stage: int = 0) -> ConvShape:
+    """A ResNet conv on an HW x HW input, padding k // 2 (torchvision's), named after its stage,
+    kernel, stride and channels: e.g. r18-l2-3x3s2-64-128."""
+    name = f"{prefix}-l{stage}-{k}x{k}{'s2' if stride == 2 else ''}-{C}-{K}"
+    return ConvShape(name, N, C, HW, HW, K, k, k, stride=(stride, stride),
+                     padding=(k // 2, k // 2))
+
+
+def resnet18_convs(N: int = 8) -> Workload:
+    """torchvision's resnet18 on N 3x224x224 images, written out from the architecture (a 7x7
+    stride-2 stem, a 3x3 stride-2 max-pool to 56x56, then four stages of two BasicBlocks of two
+    3x3 convs; stages 2-4 halve the size in their first conv and add a 1x1 stride-2 downsample):
+    20 convs, 11 distinct, 1.82 G multiply-adds per image (torchvision's "1.81 GFLOPS")."""
+    convs = [(ConvShape("r18-stem", N, 3, 224, 224, 64, 7, 7, stride=(2, 2),
+                        padding=(3, 3)), 1),
+             (_resnet_conv("r18", N, 64, 56, 64, 3, stage=1), 4)]
+    C, HW = 64, 56
+    for stage, K in ((2, 128), (3, 256), (4, 512)):
+        convs += [(_resnet_conv("r18", N, C, HW, K, 3, 2, stage), 1),      # block 1, conv1
+                  (_resnet_conv("r18", N, C, HW, K, 1, 2, stage), 1),      # downsample
+                  (_resnet_conv("r18", N, K, HW // 2, K, 3, 1, stage), 3)]  # the other three
+        C, HW = K, HW // 2
+    return Workload("resnet18-convs", f"every conv of ResNet-18, N{N} 3x224x224", tuple(convs))
+
+
+def resnet50_convs(N: int = 8) -> Workload:
+    """torchvision's resnet50 (v1.5: the stride on the 3x3) on N 3x224x224 images: stem and
+    max-pool as resnet18, then stages of 3, 4, 6, 3 Bottlenecks (1x1 reduce to width, 3x3,
+    1x1 expand to 4x width; the first block of each stage has a 1x1 downsample, stride 2 from
+    stage 2): 53 convs, 23 distinct, 4.09 G multiply-adds per image."""
+    convs = [(ConvShape("r50-stem", N, 3, 224, 224, 64, 7, 7, stride=(2, 2),
+                        padding=(3, 3)), 1)]
+    C, HW = 64, 56
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
+        s = 1 if stage == 1 else 2
+        out, HWo = 4 * width, HW // s
+        # block 1: reduce at the input size, the strided 3x3, expand, and the downsample
+        first = [_resnet_conv("r50", N, C, HW, width, 1, 1, stage),
+                 _resnet_conv("r50", N, width, HW, width, 3, s, stage),
+                 _resnet_conv("r50", N, width, HWo, out, 1, 1, stage),
+                 _resnet_conv("r50", N, C, HW, out, 1, s, stage)]
+        # blocks 2..: reduce from 4x width, 3x3, expand
+        rest = [_resnet_conv("r50", N, out, HWo, width, 1, 1, stage),
+                _resnet_conv("r50", N, width, HWo, width, 3, 1, stage),
+                _resnet_conv("r50", N, width, HWo, out, 1, 1, stage)]
+        counts: Dict[ConvShape, int] = {}
+        for shape in first + (blocks - 1) * rest:
+            counts[shape] = counts.get(shape, 0) + 1   # stage 1's downsample = its expand
+        convs += counts.items()
+        C, HW = out, HWo
+    return Workload("resnet50-convs", f"every conv of ResNet-50, N{N} 3x224x224", tuple(convs))
+
+
+WORKLOADS: Dict[str, Workload] = {w.name: w for w in (resnet18_convs(8), resnet50_convs(8))}
+
 CONV_OPS = ("conv_fwd", "conv_bwd_input", "conv_bwd_weight", "conv_fwd_bwd")
 RELU_OPS = ("relu_fwd", "relu_bwd")
 POOL_OPS = ("pool_fwd", "pool_bwd")
@@ -162,20 +248,26 @@ def ops_for(shape) -> Tuple[str, ...]:
 
 
 def select_shapes(names: Optional[Sequence[str]], quick: bool) -> list:
-    """Shapes by name (or 'quick' / 'all'); default: the quick subset or everything."""
+    """Shapes by name, 'quick' / 'all' (the table), or a workload name (its distinct convs; one
+    of them also by its own name); default: the quick subset or everything in the table."""
     shapes = all_shapes()
     if not names:
         return [s for s in shapes if s.quick] if quick else shapes
     by_name = {s.name: s for s in shapes}
+    in_workloads = {s.name: s for w in WORKLOADS.values() for s in w.shapes}
     picked = []
     for name in names:
         if name in ("quick", "all"):
             picked += [s for s in shapes if s.quick or name == "all"]
-        elif name in by_name:
-            picked.append(by_name[name])
+        elif name in WORKLOADS:
+            picked += WORKLOADS[name].shapes
+        elif name in by_name or name in in_workloads:
+            picked.append(by_name.get(name) or in_workloads[name])
         else:
             raise SystemExit(f"convkit bench: unknown shape {name!r}; choose from "
-                             f"{', '.join(by_name)}, quick, all")
+                             f"{', '.join(by_name)}, quick, all, or a workload "
+                             f"{', '.join(WORKLOADS)} (python -m convkit.bench.shapes lists "
+                             "their rows)")
     return list(dict.fromkeys(picked))
 
 
@@ -205,5 +297,21 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def workloads_table() -> str:
+    """Every workload: a title line (convs, distinct, forward GFLOP per image), then its rows
+    with their counts."""
+    lines = []
+    for w in WORKLOADS.values():
+        N = w.shapes[0].N
+        lines.append(f"{w.name}: {w.description}; {w.num_convs} convs, {len(w.convs)} distinct, "
+                     f"{w.flops / N / 1e9:.2f} GFLOP fwd per image ({w.flops / N / 2e9:.2f} G "
+                     "multiply-adds)")
+        lines += [f"  {s.name:<22} x{n:<2} {s.describe():<40} {s.flops / 1e9:8.3f} GFLOP fwd"
+                  for s, n in w.convs]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(table())
+    print()
+    print(workloads_table())
