@@ -118,6 +118,77 @@ def _conv2d(relu, input, weight, bias, stride, padding, dilation, groups, algori
     if bias is not None:
         _check_tensor(bias, "bias", "conv2d")
     input, weight, bias = _autocast(input, weight, bias)
+    key = _conv2d_key(input, weight, bias, stride, padding, dilation, groups, algorithm)
+    plan = _CONV2D_PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _conv2d_plan(input, weight, bias, stride, padding, dilation, groups, algorithm)
+        if key is not None:
+            _remember(_CONV2D_PLANS, key, plan)
+    stride, padding, dilation, extra, unbatched = plan
+    if unbatched:
+        input = input.unsqueeze(0)
+    if extra is not None:  # 'same' with an even effective kernel: the extra row/column first
+        input = F.pad(input, extra)
+    if needs_autograd(input, weight, bias):
+        y = apply(Conv2dReLUFunction if relu else Conv2dFunction, input, weight, bias,
+                  *stride, *padding, *dilation, groups, algorithm)
+    else:
+        y = (ops.conv2d_relu if relu else ops.conv2d)(input, weight, bias, stride, padding,
+                                                     dilation, groups, algorithm)
+    return y.squeeze(0) if unbatched else y
+
+
+# Validated calls, remembered: a conv2d or max_pool2d whose tensors' shapes and dtypes and whose
+# arguments (of exactly the types seen before: 1.0 is not 1 here) were validated once skips the
+# checks and the normalisation (~5 us of a tiny call). CPU tensors only: a device comparison
+# costs as much as it saves. Bounded: a table is cleared when full.
+_CONV2D_PLANS: dict = {}
+_POOL_PLANS: dict = {}
+_MAX_PLANS = 512
+
+
+def _remember(plans: dict, key, plan) -> None:
+    if len(plans) >= _MAX_PLANS:
+        plans.clear()
+    plans[key] = plan
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
+
+
+def _exact_args(value) -> bool:
+    """``value`` is an int, a str or a tuple of ints, of exactly those types (no bool, no float,
+    no numpy scalar, no list: those take the full check every call)."""
+    kind = type(value)
+    if kind is int or kind is str:
+        return True
+    if kind is not tuple:
+        return False
+    for v in value:
+        if type(v) is not int:
+            return False
+    return True
+
+
+def _conv2d_key(input, weight, bias, stride, padding, dilation, groups, algorithm):
+    """The plan cache key of a call, or None where the call is not remembered (also when
+    traced: dynamo, fake or symbolic tensors, whose shapes may not hash)."""
+    if not (type(input) in _PLAIN and type(weight) in _PLAIN and not _is_dynamo_compiling()
+            and input.is_cpu and weight.is_cpu and _exact_args(stride) and _exact_args(padding)
+            and _exact_args(dilation) and type(groups) is int and type(algorithm) is str):
+        return None
+    if bias is None:
+        return (input.shape, weight.shape, input.dtype, weight.dtype, stride, padding, dilation,
+                groups, algorithm)
+    if type(bias) not in _PLAIN or not bias.is_cpu:
+        return None
+    return (input.shape, weight.shape, input.dtype, weight.dtype, stride, padding, dilation,
+            groups, algorithm, bias.shape, bias.dtype)
+
+
+def _conv2d_plan(input, weight, bias, stride, padding, dilation, groups, algorithm):
+    """Check every argument (raising in torch's words) and normalise them: (stride, padding,
+    dilation) pairs, the extra 'same' padding (None when there is none) and whether the input
+    is unbatched."""
     if algorithm not in ALGORITHMS:
         raise ArgumentError(f"conv2d(): algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if input.dim() not in (3, 4):
@@ -142,24 +213,21 @@ def _conv2d(relu, input, weight, bias, stride, padding, dilation, groups, algori
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    extra = None
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     if isinstance(padding, str):
         check_conv2d_kernel(tuple(weight.shape))  # before 'same' padding is worked out from it
         padding, extra = conv2d_padding(padding, tuple(weight.shape[2:]), stride, dilation)
-        if any(extra):  # 'same' with an even effective kernel: the extra row/column first
+        if any(extra):  # 'same' with an even effective kernel: checked on the padded input
             input = F.pad(input, extra)
+        else:
+            extra = None
     else:
         padding = pair(padding, "padding")
     check_conv2d(tuple(input.shape), tuple(weight.shape),
                  None if bias is None else tuple(bias.shape),
                  stride, padding, dilation, groups)
-    if needs_autograd(input, weight, bias):
-        y = apply(Conv2dReLUFunction if relu else Conv2dFunction, input, weight, bias,
-                  *stride, *padding, *dilation, groups, algorithm)
-    else:
-        y = (ops.conv2d_relu if relu else ops.conv2d)(input, weight, bias, stride, padding,
-                                                     dilation, groups, algorithm)
-    return y.squeeze(0) if unbatched else y
+    return stride, padding, dilation, extra, unbatched
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -195,16 +263,20 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
                             return_indices: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """2-D max-pool returning (output, indices); indices index each input plane's H*W."""
     _check_tensor(input, "input", "max_pool2d")
-    if input.dim() not in (3, 4):
-        raise ArgumentError(f"max_pool2d(): expected a 3D (C, H, W) or 4D (N, C, H, W) input, "
-                            f"but got input of size: {list(input.shape)}")
-    _check_float(input, "input", "max_pool2d")
-    kernel, stride, padding, dilation = max_pool2d_args(kernel_size, stride, padding, dilation)
-    unbatched = input.dim() == 3
+    key = None
+    if (type(input) in _PLAIN and input.is_cpu and _exact_args(kernel_size)
+            and (stride is None or _exact_args(stride)) and _exact_args(padding)
+            and _exact_args(dilation) and type(ceil_mode) is bool
+            and not _is_dynamo_compiling()):
+        key = (input.shape, input.dtype, kernel_size, stride, padding, dilation, ceil_mode)
+    plan = _POOL_PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _max_pool2d_plan(input, kernel_size, stride, padding, dilation, ceil_mode)
+        if key is not None:
+            _remember(_POOL_PLANS, key, plan)
+    kernel, stride, padding, dilation, ceil_mode, unbatched = plan
     if unbatched:
         input = input.unsqueeze(0)
-    check_max_pool2d(tuple(input.shape), kernel, stride, padding, dilation, bool(ceil_mode))
-    ceil_mode = bool(ceil_mode)
     if needs_autograd(input):
         y, indices = apply(MaxPool2dFunction, input, *kernel, *stride, *padding, *dilation,
                            ceil_mode)
@@ -213,6 +285,22 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return y, indices
+
+
+def _max_pool2d_plan(input, kernel_size, stride, padding, dilation, ceil_mode):
+    """Check max_pool2d's arguments (raising in torch's words) and normalise them."""
+    if input.dim() not in (3, 4):
+        raise ArgumentError(f"max_pool2d(): expected a 3D (C, H, W) or 4D (N, C, H, W) input, "
+                            f"but got input of size: {list(input.shape)}")
+    _check_float(input, "input", "max_pool2d")
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"max_pool2d(): argument 'ceil_mode' must be bool, not "
+                        f"{type(ceil_mode).__name__}")
+    kernel, stride, padding, dilation = max_pool2d_args(kernel_size, stride, padding, dilation)
+    unbatched = input.dim() == 3
+    shape = (1,) + tuple(input.shape) if unbatched else tuple(input.shape)
+    check_max_pool2d(shape, kernel, stride, padding, dilation, bool(ceil_mode))
+    return kernel, stride, padding, dilation, bool(ceil_mode), unbatched
 
 
 def max_pool2d(input: torch.Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,

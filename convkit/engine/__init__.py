@@ -45,13 +45,16 @@ class KernelEngine:
     def _wrap(self, name: str):
         """The kernel ``name`` taking and returning tensors."""
         fn = getattr(self.kernels, name)
+        to_array, to_tensor, launch_kwargs = self.to_array, self.to_tensor, self.launch_kwargs
+        tensor = torch.Tensor
 
-        def call(*args, **kwargs):
-            args = [self.to_array(a) if isinstance(a, torch.Tensor) else a for a in args]
-            out = fn(*args, **kwargs, **self.launch_kwargs())
-            if isinstance(out, tuple):
-                return tuple(self.to_tensor(o) for o in out)
-            return self.to_tensor(out)
+        def call(*args, **kwargs):  # locals only: this runs on every kernel call
+            launch = launch_kwargs()
+            out = fn(*[to_array(a) if isinstance(a, tensor) else a for a in args], **kwargs,
+                     **launch)
+            if type(out) is tuple:
+                return tuple(map(to_tensor, out))
+            return to_tensor(out)
 
         call.__name__ = name
         return call

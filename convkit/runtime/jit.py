@@ -86,8 +86,10 @@ class Twin:
         return parallel_call(self.parallel, *args)
 
     def __call__(self, work, *args):
-        if not self._branchless:
-            return self._launch(work, args)
+        if not self._branchless:  # the common case inline: a tiny call's frames add up
+            if work < PARALLEL_MIN_WORK:
+                return self.serial(*args)
+            return parallel_call(self.parallel, *args)
         if not self._ready:
             self._compile(args)
         try:

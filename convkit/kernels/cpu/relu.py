@@ -18,27 +18,31 @@ def relu_value(v):
     return 0 if v < 0 else v
 
 
+# The kernels take C-contiguous arrays of any rank and walk their flat views (made inside the
+# compiled code: two numpy reshapes cost 0.4 us, a fifth of a tiny ReLU's kernel call)
 @twin
 def _relu_forward(x, y):
-    for i in prange(x.size):
-        y[i] = relu_value(x[i])
+    xf, yf = x.reshape(x.size), y.reshape(y.size)
+    for i in prange(xf.size):
+        yf[i] = relu_value(xf[i])
 
 
 @twin
 def _relu_backward(gy, y, gx):
-    for i in prange(gy.size):
-        gx[i] = 0 if y[i] <= 0 else gy[i]
+    gyf, yf, gxf = gy.reshape(gy.size), y.reshape(y.size), gx.reshape(gx.size)
+    for i in prange(gyf.size):
+        gxf[i] = 0 if yf[i] <= 0 else gyf[i]
 
 
 def relu_forward(x: np.ndarray, out: np.ndarray = None) -> np.ndarray:
     """y = relu(x) for a C-contiguous array of any shape; ``out=x`` computes in place."""
     y = empty(x.shape, x.dtype) if out is None else out
-    _relu_forward(x.size, x.reshape(-1), y.reshape(-1))  # work: one step per element
+    _relu_forward(x.size, x, y)  # work: one step per element
     return y
 
 
 def relu_backward(grad_output: np.ndarray, y: np.ndarray) -> np.ndarray:
     """grad_input = grad_output * (y > 0), y being the forward output."""
     gx = empty(grad_output.shape, grad_output.dtype)
-    _relu_backward(grad_output.size, grad_output.reshape(-1), y.reshape(-1), gx.reshape(-1))
+    _relu_backward(grad_output.size, grad_output, y, gx)
     return gx
