@@ -166,3 +166,60 @@ def epilogue(y, b, has_bias, relu, n0, nb):
         if relu:
             for p in range(P):
                 row[p] = relu_value(row[p])
+
+
+@njit(cache=True, nogil=True)
+def unfold_rows(x, n, KW, sw, ph, pw, dil_w, Hp, OW, rows):
+    """The row-shift unfold of image n (stride 1 along H): only the KW taps of a row, for every
+    row of the vertically padded image,
+
+        rows[c*KW + s, h*OW + ow] = x[n, c, h - ph, ow*sw - pw + s*dil_w]   (0 outside x)
+
+    for h < Hp = OH + (KH-1)*dil_h, so tap row r of output row oh is row oh + r*dil_h here and
+    the (C*KW, OH*OW) operand of tap row r is the column window starting at r*dil_h*OW: KH
+    GEMMs on one KH-times smaller unfold."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    L = Hp * OW
+    # sw == 1 with OW == W: a tap's whole row is the plane shifted by -ph*W + off, copied in one
+    # run, then the columns that fell into the left/right padding are zeroed (as im2col does)
+    shifted = sw == 1 and OW == W
+    for c in range(C):
+        flat = x[n, c].reshape(H * W)
+        for s in range(KW):
+            dst = rows[c * KW + s]
+            off = s * dil_w - pw
+            lo = min(OW, max(0, (-off + sw - 1) // sw))
+            hi = max(lo, min(OW, (W - 1 - off) // sw + 1))
+            if shifted:
+                shift = off - ph * W
+                k0 = min(L, max(0, -shift))
+                k1 = max(k0, min(L, H * W - shift))
+                for k in range(k0):
+                    dst[k] = 0
+                for k in range(k1, L):
+                    dst[k] = 0
+                d = dst[k0:k1]
+                src = flat[k0 + shift:k1 + shift]
+                for k in range(k1 - k0):
+                    d[k] = src[k]
+                for h in range(Hp):
+                    for ow in range(lo):
+                        dst[h * OW + ow] = 0
+                    for ow in range(hi, OW):
+                        dst[h * OW + ow] = 0
+                continue
+            for h in range(Hp):
+                d = dst[h * OW:(h + 1) * OW]
+                ih = h - ph
+                if ih < 0 or ih >= H:
+                    for ow in range(OW):
+                        d[ow] = 0
+                    continue
+                for ow in range(lo):
+                    d[ow] = 0
+                for ow in range(hi, OW):
+                    d[ow] = 0
+                src = flat[ih * W:]
+                for ow in range(lo, hi):
+                    d[ow] = src[ow * sw + off]
+
