@@ -1,6 +1,8 @@
 """The row-shift workers of im2col's cblas pipeline (forward and weight gradient of convs that are
 stride 1 along H) against torch in float64, over geometries the threshold alone would rarely pick
 for them: the threshold is lowered to 1, so every case with stride 1 along H and KH > 1 runs them.
+Also the weight gradient's three paths (row-shift, per-image GEMMs, one long GEMM per block):
+bitwise the same whatever the number of workers.
 """
 import numpy as np
 import pytest
@@ -65,15 +67,20 @@ def test_row_shift_forward_and_weight_gradient_match_torch(rows_everywhere, geom
     check(CW.backward_input(gya, wa, xa.shape, *conf), gx)  # GEMM + col2im, unchanged
 
 
+@pytest.mark.parametrize("block_bytes", [1, 100000], ids=["1image", "2images"])
+@pytest.mark.parametrize("path", ["rows", "per-image", "long"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_row_shift_weight_gradient_is_deterministic(rows_everywhere, monkeypatch, dtype):
-    # one image per block, blocks taken by whichever worker asks first: the block partials are
-    # summed in block order, so 1, 2 or 3 workers give the same bits
+def test_weight_gradient_paths_are_deterministic(monkeypatch, dtype, path, block_bytes):
+    # blocks taken by whichever worker asks first: each block's partial (row-shift, per-image
+    # GEMMs accumulating, or one long GEMM) is summed in block order, so 1, 2 or 3 workers give
+    # the same bits; all three paths match torch
     from convkit.runtime import blas
 
-    x = np.random.default_rng(1).standard_normal((7, 6, 9, 8)).astype(dtype)
-    gy = np.random.default_rng(2).standard_normal((7, 5, 9, 8)).astype(dtype)
-    monkeypatch.setattr(unfold, "IM2COL_BLOCK_BYTES", 1)
+    monkeypatch.setattr(CW, "ROWS_MIN_DEPTH", 1 if path == "rows" else 1 << 30)
+    monkeypatch.setattr(CW, "BW_IMAGE_MIN_P", 1 << 30 if path == "long" else 128)
+    x = np.random.default_rng(1).standard_normal((7, 6, 13, 12)).astype(dtype)  # P = 156
+    gy = np.random.default_rng(2).standard_normal((7, 5, 13, 12)).astype(dtype)
+    monkeypatch.setattr(unfold, "IM2COL_BLOCK_BYTES", block_bytes)
     results = []
     for threads in (1, 3, 2, 3):
         monkeypatch.setattr(blas, "workers", lambda flops, t=threads: t)

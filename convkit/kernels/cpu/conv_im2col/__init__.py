@@ -19,10 +19,14 @@ Wg = w[g*Kg:(g+1)*Kg].reshape(Kg, R):
                                                              is stored (R, nb*P) and gy copied to
                                                              (K, nb*P), so the reduction is long
 
-Two pipelines run this, with the same functions and arguments, and give the same results:
+Two pipelines run this, with the same functions and arguments:
 
 - ``cblas_workers``: Numba workers on the OpenMP pool calling numpy's OpenBLAS ``cblas_?gemm``
-  by address -- used wherever numpy's BLAS has it (``cblas_workers.available``);
+  by address -- used wherever numpy's BLAS has it (``cblas_workers.available``). Where the conv
+  is stride 1 along H and a row of taps is deep enough (``cblas_workers.uses_rows``), its
+  forward and weight gradient run on a row-shift unfold instead (``unfold.unfold_rows``: only
+  the KW taps of each padded row, KH times less to unfold, and KH accumulating GEMMs on column
+  windows of it), so their rounding differs from the numpy pipeline's;
 - ``numpy_matmul``: numpy.matmul from Python threads -- the portable fallback.
 
 Which one runs is decided here (``pipeline_for``), and can be forced per call with
