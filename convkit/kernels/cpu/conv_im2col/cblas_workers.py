@@ -45,7 +45,7 @@ from convkit.runtime.memory import empty
 
 # argument block (int64): counters, sizes, conv parameters, addresses
 (_NEXT_BLOCK, _NEXT_SLOT, _N, _C, _H, _W, _K, _CG, _KH, _KW, _SH, _SW, _PH, _PW, _DH, _DW, _OH,
- _OW, _G, _NB, _GEMM, _X, _WT, _B, _Y, _SCRATCH, _PARTIALS, _RELU, NARGS) = range(29)
+ _OW, _G, _NB, _GEMM, _X, _WT, _B, _Y, _SCRATCH, _PARTIALS, _RELU, _PER_IMAGE, NARGS) = range(30)
 _NO_TRANS, _TRANS = 111, 112  # CblasNoTrans, CblasTrans
 # output pixels from which the weight gradient runs one GEMM per image, accumulating into its
 # block's partial and reading grad_output in place, instead of copying the block's grad_output
@@ -136,10 +136,10 @@ def _backward_input_worker(a, dtype):
 
 @njit(nogil=True, cache=True)
 def _backward_weight_worker(a, dtype):
-    """Take image blocks: partials[block, g] = gy_block[:, g] @ cols_block[g]^T. With at least
-    BW_IMAGE_MIN_P output pixels, one GEMM per image accumulating into the block's partial, gy
-    read in place; else one long GEMM over the block's nb*P output positions (cols stored
-    (CKK, nb*P), gy copied to (K, nb*P))."""
+    """Take image blocks: partials[block, g] = gy_block[:, g] @ cols_block[g]^T. Where asked
+    (_PER_IMAGE: at least BW_IMAGE_MIN_P output pixels), one GEMM per image accumulating into
+    the block's partial, gy read in place; else one long GEMM over the block's nb*P output
+    positions (cols stored (CKK, nb*P), gy copied to (K, nb*P))."""
     N, K, G, nb, P, Kg, R, CKK = _sizes(a)
     KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
     x = carray(voidptr(a[_X]), (N, a[_C], a[_H], a[_W]), dtype)
@@ -156,7 +156,7 @@ def _backward_weight_worker(a, dtype):
             return
         n0 = blk * nb
         m = min(nb, N - n0)
-        if P >= BW_IMAGE_MIN_P:
+        if a[_PER_IMAGE] != 0:
             c3 = buf[:m * CKK * P].reshape(m * CKK, P)
             im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, c3, CKK, 0)
             for i in range(m):
@@ -409,7 +409,7 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     partials = memory.scratch("partials", nblocks * K * R, x.dtype)
     args = _args(x.shape, weight_shape, (stride, padding, dilation, groups), (OH, OW), nb,
                  x.dtype, x=x.ctypes.data, y=gy.ctypes.data, scratch=scratch.ctypes.data,
-                 partials=partials.ctypes.data)
+                 partials=partials.ctypes.data, per_image=int(P >= BW_IMAGE_MIN_P))
     _run("backward_weight_rows" if rows else "backward_weight", args, x.dtype, T)
     if rows:  # (blocks, KH, K, Cg*KW) -> (K, Cg, KH, KW)
         gw = partials.reshape(nblocks, KH, K, Cg, KW).sum(axis=0)
