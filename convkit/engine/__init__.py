@@ -34,8 +34,8 @@ class KernelEngine:
         self.to_array = to_array
         self.to_tensor = to_tensor
         self.launch_kwargs = launch_kwargs
-        self._conv_kernels = {name: self._wrap(name) for name in
-                              ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight")}
+        self._conv_kernels = {name: getattr(kernels, "conv2d_" + name)
+                              for name in ("forward", "backward_input", "backward_weight")}
 
     def __getattr__(self, name: str):
         call = self._wrap(name)
@@ -59,42 +59,46 @@ class KernelEngine:
         call.__name__ = name
         return call
 
-    def _conv(self, pass_name, algorithm, x_shape, w_shape, y_shape, conf, dtype, call):
-        """``call(algorithm)`` with "auto" resolved (see ``convkit.engine.algorithm``)."""
+    def _conv(self, pass_name, algorithm, x_shape, w_shape, y_shape, conf, dtype, args, tail=()):
+        """``kernels.conv2d_<pass>(*args, *conf, algorithm, *tail)`` on the arrays of ``args``,
+        with "auto" resolved (see ``convkit.engine.algorithm``), as a tensor. Written out
+        rather than through the generic wrapper: a tiny conv's call costs a few microseconds of
+        Python, and each layer counts."""
+        fn = self._conv_kernels[pass_name]
+        to_array = self.to_array
+        args = [a if a is None or type(a) is tuple else to_array(a) for a in args]
+        launch = self.launch_kwargs()
         if algorithm == "auto":
             macs = math.prod(y_shape) * math.prod(w_shape[1:])
-            return _algorithm.run(pass_name, self.device_type, x_shape, w_shape, conf, dtype,
-                                  macs, call)
-        return call(algorithm)
+            if _algorithm.timing_applies(self.device_type, macs):
+                return self.to_tensor(_algorithm.run(
+                    pass_name, self.device_type, x_shape, w_shape, conf, dtype, macs,
+                    lambda alg: fn(*args, *conf, alg, *tail, **launch)))
+            algorithm = _algorithm.rule(pass_name, w_shape, conf[3], macs)
+        return self.to_tensor(fn(*args, *conf, algorithm, *tail, **launch))
 
     def conv2d_forward(self, x, w, b, stride, padding, dilation, groups, algorithm,
                        relu=False):
         """y = conv2d(x, w, b) (then ReLU when ``relu``), as the kernels' conv2d_forward."""
-        conf = (stride, padding, dilation, groups)
         y_shape = (x.shape[0], w.shape[0],
                    conv_output_size(x.shape[2], w.shape[2], stride[0], padding[0], dilation[0]),
                    conv_output_size(x.shape[3], w.shape[3], stride[1], padding[1], dilation[1]))
-        kernel = self._conv_kernels["conv2d_forward"]
-        return self._conv("forward", algorithm, x.shape, w.shape, y_shape, conf, x.dtype,
-                          lambda alg: kernel(x, w, b, *conf, alg, relu))
+        return self._conv("forward", algorithm, x.shape, w.shape, y_shape,
+                          (stride, padding, dilation, groups), x.dtype, (x, w, b), (relu,))
 
     def conv2d_backward_input(self, gy, w, input_shape, stride, padding, dilation, groups,
                               algorithm):
         """grad_input, as the kernels' conv2d_backward_input."""
-        conf = (stride, padding, dilation, groups)
-        kernel = self._conv_kernels["conv2d_backward_input"]
         input_shape = tuple(input_shape)
-        return self._conv("backward_input", algorithm, input_shape, w.shape, gy.shape, conf,
-                          gy.dtype, lambda alg: kernel(gy, w, input_shape, *conf, alg))
+        return self._conv("backward_input", algorithm, input_shape, w.shape, gy.shape,
+                          (stride, padding, dilation, groups), gy.dtype, (gy, w, input_shape))
 
     def conv2d_backward_weight(self, x, gy, weight_shape, stride, padding, dilation, groups,
                                algorithm):
         """grad_weight, as the kernels' conv2d_backward_weight."""
-        conf = (stride, padding, dilation, groups)
-        kernel = self._conv_kernels["conv2d_backward_weight"]
         weight_shape = tuple(weight_shape)
-        return self._conv("backward_weight", algorithm, x.shape, weight_shape, gy.shape, conf,
-                          x.dtype, lambda alg: kernel(x, gy, weight_shape, *conf, alg))
+        return self._conv("backward_weight", algorithm, x.shape, weight_shape, gy.shape,
+                          (stride, padding, dilation, groups), x.dtype, (x, gy, weight_shape))
 
 
 def engine_for(device: torch.device) -> KernelEngine:

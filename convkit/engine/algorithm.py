@@ -76,11 +76,17 @@ def key(pass_name: str, input_shape, weight_shape, stride, padding, dilation, gr
             tuple(dilation), groups, str(dtype))
 
 
+def timing_applies(device_type: str, macs: int) -> bool:
+    """Whether :func:`run` may time the kernels for a pass of ``macs`` multiply-adds (benchmark
+    mode, CPU, large enough); where not, ``auto`` is :func:`rule`."""
+    return device_type == "cpu" and macs >= AUTOTUNE_MIN_MACS and benchmark_enabled()
+
+
 def run(pass_name: str, device_type: str, input_shape, weight_shape, conf, dtype, macs: int,
         call):
     """``call(algorithm)`` for the algorithm ``auto`` stands for on this pass and shape."""
     stride, padding, dilation, groups = conf
-    if device_type != "cpu" or macs < AUTOTUNE_MIN_MACS or not benchmark_enabled():
+    if not timing_applies(device_type, macs):
         return call(rule(pass_name, weight_shape, groups, macs))
     k = key(pass_name, input_shape, weight_shape, stride, padding, dilation, groups, dtype)
     alg = CHOICES.get(k)
