@@ -50,9 +50,10 @@ def test_conv2d_shape_change_is_validated_again():
     x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3)
     CF.conv2d(x, w, padding=1)
     x_bad = torch.randn(1, 5, 8, 8)  # wrong channel count: a new key, checked again
-    _raises_like_torch(lambda: CF.conv2d(x_bad, w, padding=1), lambda: F.conv2d(x_bad, w, padding=1))
-    w_half = w.double()
-    _raises_like_torch(lambda: CF.conv2d(x, w_half, padding=1), lambda: F.conv2d(x, w_half, padding=1))
+    _raises_like_torch(lambda: CF.conv2d(x_bad, w, padding=1),
+                       lambda: F.conv2d(x_bad, w, padding=1))
+    w64 = w.double()  # another dtype: a new key, checked again
+    _raises_like_torch(lambda: CF.conv2d(x, w64, padding=1), lambda: F.conv2d(x, w64, padding=1))
 
 
 @pytest.mark.parametrize("bad", [dict(kernel_size=2.0), dict(stride=2.0), dict(padding=True),
