@@ -35,6 +35,19 @@ def weight_block_images(N, rows, P, K, R, itemsize):
     return min(max(N, 1), max(nb, -(-N * K * R * itemsize // PARTIALS_BYTES)))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def zero_columns(rows, OW, oh0, oh1, lo, hi):
+    """rows[oh*OW + ow] = 0 for oh0 <= oh < oh1 and ow outside [lo, hi): the padding columns of
+    a plane copied or added as one shifted run. Column by column (a tap has one or two of them),
+    so each loop runs over the rows instead of many loops of a column or two."""
+    for ow in range(lo):
+        for oh in range(oh0, oh1):
+            rows[oh * OW + ow] = 0
+    for ow in range(hi, OW):
+        for oh in range(oh0, oh1):
+            rows[oh * OW + ow] = 0
+
+
 @njit(cache=True, nogil=True)
 def taps(KH, KW, sh, sw, ph, pw, dil_h, dil_w, H, W, OH, OW):
     """Per tap t = r*KW + s: [dr, oh0, oh1, off, lo, hi] -- the input row offset dr of output row
@@ -83,11 +96,7 @@ def im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols, row_st
                     src = flat[k0 + shift:k1 + shift]
                     for k in range(k1 - k0):
                         d[k] = src[k]
-                for oh in range(oh0, oh1):
-                    for ow in range(lo):
-                        dst[oh * OW + ow] = 0
-                    for ow in range(hi, OW):
-                        dst[oh * OW + ow] = 0
+                zero_columns(dst, OW, oh0, oh1, lo, hi)
                 continue
             for oh in range(oh0, oh1):
                 base = oh * OW
@@ -120,11 +129,8 @@ def col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
             src = cols[i, c * T + t]
             dr, oh0, oh1, off, lo, hi = table[t]
             if shifted:
-                for oh in range(oh0, oh1):  # padding columns would land on a neighbour row
-                    for ow in range(lo):
-                        src[oh * OW + ow] = 0
-                    for ow in range(hi, OW):
-                        src[oh * OW + ow] = 0
+                # padding columns would land on a neighbour row
+                zero_columns(src, OW, oh0, oh1, lo, hi)
                 shift = dr * W + off
                 k0 = max(oh0 * OW, -shift)
                 k1 = min(oh1 * OW, H * W - shift)
@@ -202,11 +208,7 @@ def unfold_rows(x, n, KW, sw, ph, pw, dil_w, Hp, OW, rows):
                 src = flat[k0 + shift:k1 + shift]
                 for k in range(k1 - k0):
                     d[k] = src[k]
-                for h in range(Hp):
-                    for ow in range(lo):
-                        dst[h * OW + ow] = 0
-                    for ow in range(hi, OW):
-                        dst[h * OW + ow] = 0
+                zero_columns(dst, OW, 0, Hp, lo, hi)
                 continue
             for h in range(Hp):
                 d = dst[h * OW:(h + 1) * OW]
