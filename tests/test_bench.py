@@ -165,3 +165,21 @@ def test_train_step_models_start_from_the_same_weights():
     # same seed, same batch, same dropout mask: the losses agree to float32 rounding
     assert out[0].item() == pytest.approx(reference[0].item(), rel=1e-5)
     assert err <= harness.TOLERANCE[torch.float32]
+
+
+def test_tiny_calls_script_runs(tmp_path):
+    """benchmarks/tiny_calls.py (issue 15's tiny-call number) checks each op against torch and
+    writes its JSON; one round, so this only proves the script works, not any speed."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "tiny_calls.py"
+    out = tmp_path / "tiny.json"
+    subprocess.run([sys.executable, str(script), "--rounds", "1", "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) == {"conv2d forward", "relu", "max_pool2d",
+                                   "conv2d forward+backward"}
+    assert all(row["ratio"] > 0 for row in result["rows"].values())
