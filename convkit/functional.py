@@ -145,14 +145,14 @@ def _conv2d(relu, input, weight, bias, stride, padding, dilation, groups, algori
 _CONV2D_PLANS: dict = {}
 _POOL_PLANS: dict = {}
 _MAX_PLANS = 512
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
 
 
 def _remember(plans: dict, key, plan) -> None:
     if len(plans) >= _MAX_PLANS:
         plans.clear()
     plans[key] = plan
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
-_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
 
 
 def _exact_args(value) -> bool:
