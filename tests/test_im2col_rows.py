@@ -36,7 +36,10 @@ def _ids(g):
 
 @pytest.fixture
 def rows_everywhere(monkeypatch):
+    # and no multi-image forward for small planes (tests/test_im2col_multi.py), which would
+    # take the forward of most geometries here
     monkeypatch.setattr(CW, "ROWS_MIN_DEPTH", 1)
+    monkeypatch.setattr(CW, "MULTI_MAX_P", 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

@@ -70,7 +70,7 @@ def kernel_specs(dtype) -> list:
         ("conv_im2col.im2col", unfold.im2col,
          (x, 0, N, KH, KW, *conv, OH, OW, np.zeros((N * CKK, P), dt), CKK, 0)),
         ("conv_im2col.col2im", unfold.col2im,
-         (np.zeros((N, CKK, P), dt), 0, N, KH, KW, *conv, OH, OW, x)),
+         (np.zeros((N * CKK, P), dt), 0, N, KH, KW, *conv, OH, OW, x, CKK, 0)),
         ("conv_im2col.unfold_rows", unfold.unfold_rows,
          (x, 0, KW, STRIDE[1], *PADDING, DILATION[1], Hp, OW, np.zeros((C * KW, Hp * OW), dt))),
         ("conv_im2col.epilogue", unfold.epilogue,

@@ -26,7 +26,9 @@ Two pipelines run this, with the same functions and arguments:
   is stride 1 along H and a row of taps is deep enough (``cblas_workers.uses_rows``), its
   forward and weight gradient run on a row-shift unfold instead (``unfold.unfold_rows``: only
   the KW taps of each padded row, KH times less to unfold, and KH accumulating GEMMs on column
-  windows of it), so their rounding differs from the numpy pipeline's;
+  windows of it), and small output planes (``cblas_workers.MULTI_MAX_P``) run their forward and
+  backward-input GEMMs on several images side by side (nb*P columns), so their rounding
+  differs from the numpy pipeline's;
 - ``numpy_matmul``: numpy.matmul from Python threads -- the portable fallback.
 
 Which one runs is decided here (``pipeline_for``), and can be forced per call with

@@ -22,6 +22,19 @@ one image takes KH GEMMs per group (accumulating; the filter repacked as (KH, K,
 (other rounding than im2col's single GEMM, within the same tolerances; the numpy pipeline keeps
 im2col).
 
+Small output planes (P < MULTI_MAX_P, e.g. ResNet layer4's 7x7) run their forward and
+backward-input on multi-image workers instead, since OpenBLAS runs far below its peak on a GEMM
+of a few dozen columns: a block of ``multi_images`` images laid side by side, one GEMM of nb*P
+columns per group, then each image's (K, P) column block copied back (this takes precedence over
+the row-shift forward):
+
+    forward          out[:, g] = Wg @ cols[g]      cols (CKK, nb*P), out (K, nb*P) -> y, + bias
+    backward-input   dcols[g]  = Wg^T @ gy_blk[g]  gy_blk (K, nb*P) gathered, then col2im per
+                                                   image from its column block
+
+(other rounding than the per-image GEMMs, within the same tolerances; the blocks depend on the
+shape only, so still the same bits whatever the number of workers).
+
 A worker gets everything through one int64 argument block (counters, sizes, conv parameters,
 array addresses) and the dtype; its unfold buffer is its own slot of a shared scratch array
 (slots handed out by another atomic counter).
@@ -35,6 +48,7 @@ from convkit.kernels.cpu.conv_im2col.unfold import (
     col2im,
     epilogue,
     im2col,
+    kp_to_nchw,
     nchw_to_kp,
     unfold_rows,
     weight_block_images,
@@ -53,6 +67,23 @@ _NO_TRANS, _TRANS = 111, 112  # CblasNoTrans, CblasTrans
 # rounds: SimpleCNN conv1 (P=784) 0.71, conv2 (P=196, as im2col) 0.86-0.92, N32 C128 7^2 K128
 # (P=49) 0.99; below that each short GEMM rereads and rewrites the whole (K, R) partial
 BW_IMAGE_MIN_P = 128
+
+# output pixels below which forward and backward-input lay a block of images side by side and
+# run one GEMM of nb*P columns per group instead of one of P columns per image: OpenBLAS runs
+# far below its peak on few columns. One thread, numpy's sgemm, time per column relative to
+# 49 columns (medians of 9 rounds): (512 x 4608) filter 0.87 at 98 columns, 0.72 at 196, 0.69
+# at 392; (512 x 1536) 0.71, 0.68, 0.61; (256 x 2304) 0.82, 0.74, 0.71. At P >= 128 the
+# per-image GEMM is already near the plateau and the row-shift path keeps its smaller unfold
+MULTI_MAX_P = 128
+# columns of one multi-image GEMM (images per block = ceil(MULTI_COLS / P)): most of the gain is
+# in by 196 columns, and N8 at P = 49 still makes two blocks for two workers. Only the shape
+# chooses the blocks, never the number of workers, so results are the same bits whatever it is
+MULTI_COLS = 192
+
+
+def multi_images(N, P) -> int:
+    """Images per block of the multi-image forward and backward-input (P < MULTI_MAX_P)."""
+    return max(1, min(N, -(-MULTI_COLS // P)))
 
 
 def available(dtype) -> bool:
@@ -131,7 +162,83 @@ def _backward_input_worker(a, dtype):
                 cblas_gemm(a[_GEMM], _TRANS, _NO_TRANS, R, P, Kg, one,
                            wm[g * Kg:].ctypes.data, R, gy[n0 + i, g * Kg:].ctypes.data, P, zero,
                            dcols[i, g * R:].ctypes.data, P)
-        col2im(dcols, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, gx)
+        col2im(dcols.reshape(nb * CKK, P), n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, gx,
+               CKK, 0)
+
+
+@njit(inline="always")
+def _wide_slot(a, dtype, itemsize):
+    """This thread's nb*(CKK + K)*P slot of the scratch, for the passes that lay a block's images
+    side by side: a (CKK, m*P) unfolded block, then a (K, m*P) output-side block (``_wide``)."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    slot = fetch_add(a, _NEXT_SLOT)
+    per_slot = nb * (CKK + K) * P
+    return carray(voidptr(a[_SCRATCH] + slot * per_slot * itemsize), (per_slot,), dtype)
+
+
+@njit(inline="always")
+def _wide(a, buf, m):
+    """A block of m images side by side in a ``_wide_slot``: cols (CKK, m*P), out (K, m*P)."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    return (buf[:CKK * m * P].reshape(CKK, m * P),
+            buf[nb * CKK * P:nb * CKK * P + K * m * P].reshape(K, m * P))
+
+
+@njit(nogil=True, cache=True)
+def _forward_multi_worker(a, dtype):
+    """Small planes (``multi_images``): take image blocks, unfold each block's images side by
+    side into cols (CKK, m*P), one GEMM per group out[g] = Wg @ cols[g] of m*P columns, then
+    y[n0 + i] = out[:, i*P : (i+1)*P], bias and ReLU (as asked) while the block is hot."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
+    x = carray(voidptr(a[_X]), (N, a[_C], a[_H], a[_W]), dtype)
+    wm = carray(voidptr(a[_WT]), (K, R), dtype)
+    y = carray(voidptr(a[_Y]), (N, K, P), dtype)
+    buf = _wide_slot(a, dtype, x.itemsize)
+    one, zero = dtype.type(1), dtype.type(0)
+    while True:
+        n0 = fetch_add(a, _NEXT_BLOCK) * nb
+        if n0 >= N:
+            return
+        m = min(nb, N - n0)
+        cols, out = _wide(a, buf, m)
+        im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, cols, 0, P)
+        for g in range(G):
+            cblas_gemm(a[_GEMM], _NO_TRANS, _NO_TRANS, Kg, m * P, R, one,
+                       wm[g * Kg:].ctypes.data, R, cols[g * R:].ctypes.data, m * P, zero,
+                       out[g * Kg:].ctypes.data, m * P)
+        kp_to_nchw(out, y, n0, m)
+        if a[_B] != 0 or a[_RELU] != 0:
+            has_bias = a[_B] != 0
+            bias = carray(voidptr(a[_B] if has_bias else a[_WT]), (K if has_bias else 1,),
+                          dtype)
+            epilogue(y, bias, has_bias, a[_RELU] != 0, n0, m)
+
+
+@njit(nogil=True, cache=True)
+def _backward_input_multi_worker(a, dtype):
+    """Small planes: take image blocks, gather the block's grad_output side by side into
+    (K, m*P), one GEMM per group dcols[g] = Wg^T @ gy_block[g] of m*P columns, then col2im of
+    each image from its column block."""
+    N, K, G, nb, P, Kg, R, CKK = _sizes(a)
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _conv_params(a)
+    gx = carray(voidptr(a[_X]), (N, a[_C], a[_H], a[_W]), dtype)
+    wm = carray(voidptr(a[_WT]), (K, R), dtype)
+    gy = carray(voidptr(a[_Y]), (N, K, P), dtype)
+    buf = _wide_slot(a, dtype, gx.itemsize)
+    one, zero = dtype.type(1), dtype.type(0)
+    while True:
+        n0 = fetch_add(a, _NEXT_BLOCK) * nb
+        if n0 >= N:
+            return
+        m = min(nb, N - n0)
+        dcols, g2 = _wide(a, buf, m)
+        nchw_to_kp(gy, n0, m, g2)
+        for g in range(G):
+            cblas_gemm(a[_GEMM], _TRANS, _NO_TRANS, R, m * P, Kg, one,
+                       wm[g * Kg:].ctypes.data, R, g2[g * Kg:].ctypes.data, m * P, zero,
+                       dcols[g * R:].ctypes.data, m * P)
+        col2im(dcols, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, gx, 0, P)
 
 
 @njit(nogil=True, cache=True)
@@ -146,9 +253,7 @@ def _backward_weight_worker(a, dtype):
     gy = carray(voidptr(a[_Y]), (N, K, P), dtype)
     nblocks = (N + nb - 1) // nb
     partials = carray(voidptr(a[_PARTIALS]), (nblocks, K, R), dtype)
-    slot = fetch_add(a, _NEXT_SLOT)
-    per_slot = nb * (CKK + K) * P
-    buf = carray(voidptr(a[_SCRATCH] + slot * per_slot * x.itemsize), (per_slot,), dtype)
+    buf = _wide_slot(a, dtype, x.itemsize)
     one, zero = dtype.type(1), dtype.type(0)
     while True:
         blk = fetch_add(a, _NEXT_BLOCK)
@@ -166,8 +271,7 @@ def _backward_weight_worker(a, dtype):
                                c3[i * CKK + g * R:].ctypes.data, P, one if i > 0 else zero,
                                partials[blk, g * Kg:].ctypes.data, R)
             continue
-        c2 = buf[:CKK * m * P].reshape(CKK, m * P)
-        g2 = buf[nb * CKK * P:nb * CKK * P + K * m * P].reshape(K, m * P)
+        c2, g2 = _wide(a, buf, m)
         im2col(x, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, c2, 0, P)
         nchw_to_kp(gy, n0, m, g2)
         for g in range(G):
@@ -273,6 +377,18 @@ def _backward_weight_team(a, dtype, T):
 
 
 @njit(parallel=True, cache=True)
+def _forward_multi_team(a, dtype, T):
+    for _ in prange(T):
+        _forward_multi_worker(a, dtype)
+
+
+@njit(parallel=True, cache=True)
+def _backward_input_multi_team(a, dtype, T):
+    for _ in prange(T):
+        _backward_input_multi_worker(a, dtype)
+
+
+@njit(parallel=True, cache=True)
 def _forward_rows_team(a, dtype, T):
     for _ in prange(T):
         _forward_rows_worker(a, dtype)
@@ -287,6 +403,8 @@ def _backward_weight_rows_team(a, dtype, T):
 _PASSES = {"forward": (_forward_worker, _forward_team),
            "backward_input": (_backward_input_worker, _backward_input_team),
            "backward_weight": (_backward_weight_worker, _backward_weight_team),
+           "forward_multi": (_forward_multi_worker, _forward_multi_team),
+           "backward_input_multi": (_backward_input_multi_worker, _backward_input_multi_team),
            "forward_rows": (_forward_rows_worker, _forward_rows_team),
            "backward_weight_rows": (_backward_weight_rows_worker, _backward_weight_rows_team)}
 
@@ -354,20 +472,24 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
     P = out_hw[0] * out_hw[1]
     x, b = np.ascontiguousarray(x), None if b is None else np.ascontiguousarray(b)
     y = empty((N, K) + tuple(out_hw), x.dtype)
-    nb = block_images(N, C * KH * KW, P, x.itemsize)
+    multi = P < MULTI_MAX_P
+    nb = multi_images(N, P) if multi else block_images(N, C * KH * KW, P, x.itemsize)
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
-    rows = uses_rows(w.shape, stride)
+    rows = not multi and uses_rows(w.shape, stride)
     if rows:
         scratch = _rows_scratch(T, C, w.shape, out_hw, dilation, x.dtype)
         wc = _row_filter(w)
+    elif multi:
+        scratch = memory.scratch("im2col", T * nb * (C * KH * KW + K) * P, x.dtype)
+        wc = np.ascontiguousarray(w)
     else:
         scratch = memory.scratch("im2col", T * nb * C * KH * KW * P, x.dtype)
         wc = np.ascontiguousarray(w)
     args = _args(x.shape, w.shape, (stride, padding, dilation, groups), out_hw, nb, x.dtype,
                  x=x.ctypes.data, wt=wc.ctypes.data, b=0 if b is None else b.ctypes.data,
                  y=y.ctypes.data, scratch=scratch.ctypes.data, relu=int(relu))
-    _run("forward_rows" if rows else "forward", args, x.dtype, T)
+    _run("forward_rows" if rows else "forward_multi" if multi else "forward", args, x.dtype, T)
     return y
 
 
@@ -379,15 +501,17 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     P = OH * OW
     gy = np.ascontiguousarray(gy)
     gx = empty(tuple(input_shape), gy.dtype)
-    nb = block_images(N, C * KH * KW, P, gy.itemsize)
+    multi = P < MULTI_MAX_P
+    nb = multi_images(N, P) if multi else block_images(N, C * KH * KW, P, gy.itemsize)
     nblocks = -(-N // nb)
     T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
-    scratch = memory.scratch("im2col", T * nb * C * KH * KW * P, gy.dtype)
+    rows_per_image = C * KH * KW + (K if multi else 0)  # multi: + the gathered grad_output
+    scratch = memory.scratch("im2col", T * nb * rows_per_image * P, gy.dtype)
     wc = np.ascontiguousarray(w)
     args = _args(input_shape, w.shape, (stride, padding, dilation, groups), (OH, OW), nb,
                  gy.dtype, x=gx.ctypes.data, wt=wc.ctypes.data, y=gy.ctypes.data,
                  scratch=scratch.ctypes.data)
-    _run("backward_input", args, gy.dtype, T)
+    _run("backward_input_multi" if multi else "backward_input", args, gy.dtype, T)
     return gx
 
 

@@ -79,7 +79,8 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
             for g in range(G):
                 np.matmul(wmat[g * Kg:(g + 1) * Kg].T, gy3[n0:n1, g * Kg:(g + 1) * Kg],
                           out=dcols[:, g * R:(g + 1) * R])
-            col2im(dcols, n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH, OW, gx)
+            col2im(dcols.reshape(-1, P), n0, n1 - n0, KH, KW, *stride, *padding, *dilation, OH,
+                   OW, gx, C * KH * KW, 0)
 
     _in_workers(N, nb, 2 * N * K * R * P, work)
     return gx

@@ -112,10 +112,11 @@ def im2col(x, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, cols, row_st
 
 
 @njit(cache=True, nogil=True)
-def col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
-    """gx[n0 + i, c] = sum over taps of the cols entries that land on it, in tap order, for
-    cols: (nb, C*KH*KW, P). ``cols`` is scratch: its entries that fall into the left/right
-    padding are zeroed here."""
+def col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx, row_step, col_step):
+    """gx[n0 + i, c] = sum over taps of the cols entries that land on it, in tap order, where
+    ``cols`` is laid out as ``im2col`` writes it (same row_step, col_step): row c*KH*KW + t of
+    image i is ``cols[i*row_step + c*KH*KW + t, i*col_step : i*col_step + OH*OW]``. ``cols`` is
+    scratch: its entries that fall into the left/right padding are zeroed here."""
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     T = KH * KW
     table = taps(KH, KW, sh, sw, ph, pw, dil_h, dil_w, H, W, OH, OW)
@@ -126,7 +127,7 @@ def col2im(cols, n0, nb, KH, KW, sh, sw, ph, pw, dil_h, dil_w, OH, OW, gx):
         for k in range(H * W):
             flat[k] = 0
         for t in range(T):
-            src = cols[i, c * T + t]
+            src = cols[i * row_step + c * T + t, i * col_step:i * col_step + OH * OW]
             dr, oh0, oh1, off, lo, hi = table[t]
             if shifted:
                 # padding columns would land on a neighbour row
@@ -156,6 +157,16 @@ def nchw_to_kp(a, n0, nb, out):
     for k in range(K):
         for i in range(nb):
             out[k, i * P:(i + 1) * P] = a[n0 + i, k]
+
+
+@njit(cache=True, nogil=True)
+def kp_to_nchw(src, y, n0, nb):
+    """y[n0 + i, k, p] = src[k, i*P + p] for y: (N, K, P): a block's output computed as one
+    (K, nb*P) matrix, stored back image by image (the inverse of ``nchw_to_kp``)."""
+    K, P = y.shape[1], y.shape[2]
+    for i in range(nb):
+        for k in range(K):
+            y[n0 + i, k] = src[k, i * P:(i + 1) * P]
 
 
 @njit(cache=True, nogil=True)
