@@ -5,7 +5,10 @@ y: (N, K, OH, OW), G groups, Cg = C/G, Kg = K/G; tap (r, s) of output pixel (oh,
 pixel (oh*sh - ph + r*dil_h, ow*sw - pw + s*dil_w).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from convkit.runtime.jit import twin
+from convkit.runtime.memory import empty
 
 
 @njit(inline="always")
@@ -31,10 +34,33 @@ def gathered_row(ih, r, sh, ph, dil_h, OH):
 def transposed_filter(w, groups):
     """The filter of the transposed convolution: a stride-1 backward-input is a forward conv of
     gy, padded by dilation*(KH-1) - padding, with the filter flipped in space and its in/out
-    channels swapped within each group: (K, Cg, KH, KW) -> (C, Kg, KH, KW) (a strided view)."""
+    channels swapped within each group: (K, Cg, KH, KW) -> (C, Kg, KH, KW), a new C-contiguous
+    array (one compiled pass: numpy's copy of the flipped, transposed view walks 3x3 blocks
+    backwards, 6.9 ms for ResNet's 512x512x3x3 filter, measured here, a quarter of that
+    backward-input's time)."""
     K, Cg, KH, KW = w.shape
-    wf = w[:, :, ::-1, ::-1].reshape(groups, K // groups, Cg, KH, KW).transpose(0, 2, 1, 3, 4)
-    return wf.reshape(groups * Cg, K // groups, KH, KW)
+    out = empty((groups * Cg, K // groups, KH, KW), w.dtype)  # recycled: no page faults
+    _transpose_filter(out.size, np.ascontiguousarray(w), groups, out)
+    return out
+
+
+@twin
+def _transpose_filter(w, groups, out):
+    """Flipping both spatial axes reverses each filter's KH*KW taps; tiles of 16 x 16
+    (in, out) channel pairs keep both sides' cache lines in use."""
+    K, Cg, KH, KW = w.shape
+    Kg, T = K // groups, KH * KW
+    src, dst = w.reshape(w.size), out.reshape(out.size)
+    tiles_c = (Cg + 15) // 16
+    for gt in prange(groups * tiles_c):
+        g, c0 = gt // tiles_c, (gt % tiles_c) * 16
+        for k0 in range(0, Kg, 16):
+            for c in range(c0, min(c0 + 16, Cg)):
+                for k in range(k0, min(k0 + 16, Kg)):
+                    a = ((g * Kg + k) * Cg + c) * T + T - 1
+                    b = ((g * Cg + c) * Kg + k) * T
+                    for t in range(T):
+                        dst[b + t] = src[a - t]
 
 
 def transposed_padding(weight_shape, padding, dilation):
@@ -53,8 +79,7 @@ def transposed_forward(forward, gy, w, input_shape, stride, padding, dilation, g
         raise ValueError(f"the transposed forward needs stride (1, 1) and padding <= "
                          f"dilation*(kernel - 1), got stride {tuple(stride)}, padding "
                          f"{tuple(padding)}, dilation {tuple(dilation)}, kernel {w.shape[2:]}")
-    # contiguous: numpy.matmul on a strided filter takes another path (other rounding)
-    return forward(gy, np.ascontiguousarray(transposed_filter(w, groups)), None, (1, 1), pads,
+    return forward(gy, transposed_filter(w, groups), None, (1, 1), pads,
                    dilation, groups, tuple(input_shape[2:]))
 
 
