@@ -86,3 +86,24 @@ def test_plans_are_bounded():
     for n in range(CF._MAX_PLANS + 10):
         CF.max_pool2d(x, kernel_size=1, stride=1 + n % 3, padding=0, dilation=1 + n)
     assert len(CF._POOL_PLANS) <= CF._MAX_PLANS
+
+
+def test_functorch_wrapper_outliving_its_transform_matches_torch():
+    """A tensor leaked out of torch.func.grad is still a (dead) functorch wrapper; the eager
+    Functions are applied through torch's Function.apply for it (which unwraps it), not the
+    C++ apply the plain-tensor fast path uses: results and gradients as torch's."""
+    leaked = []
+
+    def f(x):
+        leaked.append(x)
+        return (x * x).sum()
+
+    torch.func.grad(f)(torch.randn(1, 2, 5, 5))
+    dead = leaked[0]
+    assert torch._C._functorch.is_functorch_wrapped_tensor(dead)
+    w = torch.randn(3, 2, 3, 3, requires_grad=True)
+    y, ref = CF.conv2d(dead, w, padding=1), F.conv2d(dead, w, padding=1)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), w)[0],
+                               torch.autograd.grad(ref.sum(), w)[0])
+    torch.testing.assert_close(CF.max_pool2d(dead, 2), F.max_pool2d(dead, 2))
