@@ -118,13 +118,9 @@ def _conv2d(relu, input, weight, bias, stride, padding, dilation, groups, algori
     if bias is not None:
         _check_tensor(bias, "bias", "conv2d")
     input, weight, bias = _autocast(input, weight, bias)
-    key = _conv2d_key(input, weight, bias, stride, padding, dilation, groups, algorithm)
-    plan = _CONV2D_PLANS.get(key) if key is not None else None
-    if plan is None:
-        plan = _conv2d_plan(input, weight, bias, stride, padding, dilation, groups, algorithm)
-        if key is not None:
-            _remember(_CONV2D_PLANS, key, plan)
-    stride, padding, dilation, extra, unbatched = plan
+    stride, padding, dilation, extra, unbatched = _planned(
+        _CONV2D_PLANS, (input, weight, bias), (stride, padding, dilation, groups, algorithm), (),
+        _conv2d_plan, input, weight, bias, stride, padding, dilation, groups, algorithm)
     if unbatched:
         input = input.unsqueeze(0)
     if extra is not None:  # 'same' with an even effective kernel: the extra row/column first
@@ -149,10 +145,44 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _is_dynamo_compiling = torch.compiler.is_dynamo_compiling
 
 
-def _remember(plans: dict, key, plan) -> None:
-    if len(plans) >= _MAX_PLANS:
-        plans.clear()
-    plans[key] = plan
+def _planned(plans: dict, tensors, args, flags, make, *make_args):
+    """``make(*make_args)`` (it checks the call and returns its normalised arguments, or
+    raises), looked up in ``plans`` first and remembered there where :func:`_plan_key` gives a
+    key: only calls that passed the checks are remembered."""
+    key = _plan_key(tensors, args, flags)
+    plan = plans.get(key) if key is not None else None
+    if plan is None:
+        plan = make(*make_args)
+        if key is not None:
+            if len(plans) >= _MAX_PLANS:
+                plans.clear()
+            plans[key] = plan
+    return plan
+
+
+def _plan_key(tensors, args, flags):
+    """The key of a call: its arguments and its tensors' shapes and dtypes; None (not remembered)
+    where a tensor is not a plain CPU tensor (or None), an argument is not None or of an exact
+    type (:func:`_exact_args`), a flag is not a bool, or dynamo traces the call (fake or symbolic
+    tensors, whose shapes may not hash). Exact types keep 1.0 and True from matching a key of 1
+    (they hash alike): they take the checks, and their errors, every call."""
+    if _is_dynamo_compiling():
+        return None
+    for a in args:
+        if a is not None and not _exact_args(a):
+            return None
+    for f in flags:
+        if type(f) is not bool:
+            return None
+    key = [*args, *flags]
+    for t in tensors:
+        if t is None:
+            key.append(None)
+        elif type(t) in _PLAIN and t.is_cpu:
+            key += (t.shape, t.dtype)
+        else:
+            return None
+    return tuple(key)
 
 
 def _exact_args(value) -> bool:
@@ -167,22 +197,6 @@ def _exact_args(value) -> bool:
         if type(v) is not int:
             return False
     return True
-
-
-def _conv2d_key(input, weight, bias, stride, padding, dilation, groups, algorithm):
-    """The plan cache key of a call, or None where the call is not remembered (also when
-    traced: dynamo, fake or symbolic tensors, whose shapes may not hash)."""
-    if not (type(input) in _PLAIN and type(weight) in _PLAIN and not _is_dynamo_compiling()
-            and input.is_cpu and weight.is_cpu and _exact_args(stride) and _exact_args(padding)
-            and _exact_args(dilation) and type(groups) is int and type(algorithm) is str):
-        return None
-    if bias is None:
-        return (input.shape, weight.shape, input.dtype, weight.dtype, stride, padding, dilation,
-                groups, algorithm)
-    if type(bias) not in _PLAIN or not bias.is_cpu:
-        return None
-    return (input.shape, weight.shape, input.dtype, weight.dtype, stride, padding, dilation,
-            groups, algorithm, bias.shape, bias.dtype)
 
 
 def _conv2d_plan(input, weight, bias, stride, padding, dilation, groups, algorithm):
@@ -263,18 +277,9 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
                             return_indices: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """2-D max-pool returning (output, indices); indices index each input plane's H*W."""
     _check_tensor(input, "input", "max_pool2d")
-    key = None
-    if (type(input) in _PLAIN and input.is_cpu and _exact_args(kernel_size)
-            and (stride is None or _exact_args(stride)) and _exact_args(padding)
-            and _exact_args(dilation) and type(ceil_mode) is bool
-            and not _is_dynamo_compiling()):
-        key = (input.shape, input.dtype, kernel_size, stride, padding, dilation, ceil_mode)
-    plan = _POOL_PLANS.get(key) if key is not None else None
-    if plan is None:
-        plan = _max_pool2d_plan(input, kernel_size, stride, padding, dilation, ceil_mode)
-        if key is not None:
-            _remember(_POOL_PLANS, key, plan)
-    kernel, stride, padding, dilation, ceil_mode, unbatched = plan
+    kernel, stride, padding, dilation, ceil_mode, unbatched = _planned(
+        _POOL_PLANS, (input,), (kernel_size, stride, padding, dilation), (ceil_mode,),
+        _max_pool2d_plan, input, kernel_size, stride, padding, dilation, ceil_mode)
     if unbatched:
         input = input.unsqueeze(0)
     if needs_autograd(input):
@@ -299,8 +304,8 @@ def _max_pool2d_plan(input, kernel_size, stride, padding, dilation, ceil_mode):
     kernel, stride, padding, dilation = max_pool2d_args(kernel_size, stride, padding, dilation)
     unbatched = input.dim() == 3
     shape = (1,) + tuple(input.shape) if unbatched else tuple(input.shape)
-    check_max_pool2d(shape, kernel, stride, padding, dilation, bool(ceil_mode))
-    return kernel, stride, padding, dilation, bool(ceil_mode), unbatched
+    check_max_pool2d(shape, kernel, stride, padding, dilation, ceil_mode)
+    return kernel, stride, padding, dilation, ceil_mode, unbatched
 
 
 def max_pool2d(input: torch.Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,

@@ -17,7 +17,6 @@ import torch
 from convkit.engine import algorithm as _algorithm
 from convkit.kernels.shapes import conv_output_size
 
-
 # argument types passed to the kernels as they are; anything else is a tensor (an isinstance test
 # against torch.Tensor goes through its metaclass: 0.15 us per int or tuple, a tenth of a tiny
 # ReLU's engine time)
@@ -71,7 +70,7 @@ class KernelEngine:
         Python, and each layer counts."""
         fn = self._conv_kernels[pass_name]
         to_array = self.to_array
-        args = [a if a is None or type(a) is tuple else to_array(a) for a in args]
+        args = [a if type(a) in _PLAIN_ARGUMENTS else to_array(a) for a in args]
         launch = self.launch_kwargs()
         if algorithm == "auto":
             macs = math.prod(y_shape) * math.prod(w_shape[1:])
