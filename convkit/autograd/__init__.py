@@ -381,11 +381,15 @@ class ReLUInplaceFunction(Function):
 def relu_inplace(x: torch.Tensor) -> torch.Tensor:
     """x = max(x, 0) in place: :class:`ReLUInplaceFunction` where autograd has something to
     record; the ``relu_`` op (its vmap rule mutates the batch) where nothing is recorded;
-    under a torch.func transform or forward-mode AD an out-of-place ReLU copied into x."""
-    if _is_dynamo_compiling():
-        return ReLUInplaceFunction.apply(x)
+    under a torch.func transform or forward-mode AD an out-of-place ReLU copied into x.
+
+    Dynamo traces ``mark_dirty`` only where it records a backward, so with nothing to record
+    (no_grad, inference_mode: compiled inference) it gets the op, which it traces as a
+    mutation."""
     if not needs_autograd(x):
         return ops.relu_(x)
+    if _is_dynamo_compiling():
+        return ReLUInplaceFunction.apply(x)
     if not (_functorch_active() or _forward_ad._current_level >= 0):
         return ReLUInplaceFunction.apply(x)
     return x.copy_(apply(ReLUFunction, x))
