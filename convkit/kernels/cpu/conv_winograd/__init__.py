@@ -1,0 +1,164 @@
+"""Winograd 3x3 convolution F(m x m, 3 x 3), m = 2 or 4: fewer multiplies than the direct sum.
+
+x: (N, C, H, W), w: (K, Cg, 3, 3), y: (N, K, OH, OW); stride 1, dilation 1, any zero padding,
+G groups. Each m x m output tile is computed from its alpha x alpha input patch d (alpha = m+2)
+as (Lavin & Gray 2016; ``convkit.kernels.reference.winograd_tile`` is the one-tile textbook
+version with B, G, A written out)
+
+    Y = A^T [ sum_c (G w[k, c] G^T) * (B^T d_c B) ] A          (* elementwise)
+
+so the sum over channels is alpha^2 independent GEMMs, one per transform point t:
+M[t] = U[t] @ V[t] with U (K, Cg) the transformed filters and V (Cg, tiles) the transformed
+input. Multiplies per output pixel and channel pair: alpha^2/m^2 = 4 (F(2,3)), 2.25 (F(4,3))
+instead of 9; the transforms add work linear in C + K. Float32 error grows with m (the
+transforms' coefficients reach 8 and 1/24): docs/algorithms-winograd.md has the measured table.
+
+    forward          filter transform, then per chunk of tile rows: input transform, GEMMs,
+                     output transform with the bias/ReLU epilogue (``pipeline.forward_chunks``)
+    backward_input   the forward on grad_output with the flipped, transposed filter
+                     (``conv_common.transposed_filter``), padded by 2 - padding (cropped where
+                     that is negative)
+    backward_weight  per chunk: input and grad_output transforms, dU[t] += Yh[t] @ V[t]^T; then
+                     dw = G^T dU G (``pipeline.weight_chunks``: cuDNN's WINOGRAD_NONFUSED form)
+
+The GEMMs are numpy's OpenBLAS ``cblas_?gemm`` (as ``conv_im2col.cblas_workers``), so this
+runs where ``available(dtype)``. Deterministic: the chunks depend on the shape only and every
+sum has a fixed order (see ``pipeline``). Which m runs: ``tile_for``.
+"""
+import numpy as np
+
+from convkit.kernels.cpu.conv_common import bias_operand, transposed_filter
+from convkit.kernels.cpu.conv_im2col import cblas_workers
+from convkit.kernels.cpu.conv_winograd import pipeline
+from convkit.kernels.cpu.conv_winograd.transforms import TILES, constants
+from convkit.runtime import blas, memory
+from convkit.runtime.memory import empty
+
+# bytes of one chunk's transforms (V and M, or V and Yh): a chunk's tiles go through three
+# passes (transform, GEMMs, inverse transform), so they should stay in the cache in between
+WORKSPACE_BYTES = 4 << 20
+# tiles (GEMM columns) a chunk has at least, even past WORKSPACE_BYTES: OpenBLAS runs far below
+# its peak on a few dozen columns (conv_im2col.cblas_workers.MULTI_MAX_P has the measurements)
+MIN_TILES = 64
+
+
+def qualifies(weight_shape, stride, dilation) -> bool:
+    """Whether Winograd F(m x m, 3 x 3) computes this conv: a 3x3 filter, stride 1, dilation 1
+    (any padding, any groups)."""
+    return (tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1))
+
+
+def available(dtype) -> bool:
+    """Whether numpy's BLAS has the ``cblas_?gemm`` the GEMMs call."""
+    return cblas_workers.available(dtype)
+
+
+def tile_for(out_hw, dtype) -> int:
+    """The output tile m: 4 (2.25 multiplies per pixel and channel pair instead of 4) unless the
+    plane is under 8 pixels on a side, where 4 x 4 tiles pad it more than 2 x 2 ones."""
+    return 4 if min(out_hw) >= 8 else 2
+
+
+def chunk_rows(units, TW, alpha, channels, itemsize) -> int:
+    """Tile rows per chunk: as many as fit WORKSPACE_BYTES (``channels`` = C + K rows of
+    transforms per tile), at least MIN_TILES tiles, at most all ``units``."""
+    per_row = alpha * alpha * channels * TW * itemsize
+    return max(1, min(units, max(-(-MIN_TILES // TW), WORKSPACE_BYTES // per_row)))
+
+
+def _check(weight_shape, stride, dilation, dtype, tile):
+    if not qualifies(weight_shape, stride, dilation):
+        raise ValueError(f"algorithm='winograd' needs a 3x3 filter, stride (1, 1) and dilation "
+                         f"(1, 1), got kernel {tuple(weight_shape[2:])}, stride {tuple(stride)}, "
+                         f"dilation {tuple(dilation)}")
+    if tile not in TILES:
+        raise ValueError(f"tile must be one of {TILES}, got {tile!r}")
+    if not available(dtype):
+        raise ValueError(f"algorithm='winograd' needs numpy's BLAS to expose an ILP64 "
+                         f"cblas_?gemm for {np.dtype(dtype)}; use 'im2col' or 'direct'")
+
+
+def _plan(N, C, K, out_hw, m, itemsize):
+    """(rows per chunk, ntmax): the chunking of N images' tile rows."""
+    TH, TW = -(-out_hw[0] // m), -(-out_hw[1] // m)
+    rows = chunk_rows(N * TH, TW, m + 2, C + K, itemsize)
+    return rows, rows * TW
+
+
+def filter_tiles(w, m):
+    """U: (alpha^2, K, Cg), the transformed filters."""
+    K, Cg = w.shape[:2]
+    U = memory.scratch("winograd_u", (m + 2) ** 2 * K * Cg, w.dtype).reshape((m + 2) ** 2, K, Cg)
+    pipeline.filter_transform(w.size * (m + 2) * 4, np.ascontiguousarray(w), m,
+                              constants(w.dtype), U)
+    return U
+
+
+def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False, tile=None):
+    """y: (N, K, OH, OW); with ``relu`` the ReLU is applied as each tile row is stored."""
+    N, C = x.shape[:2]
+    K = w.shape[0]
+    m = tile_for(out_hw, x.dtype) if tile is None else tile
+    _check(w.shape, stride, dilation, x.dtype, m)
+    y = empty((N, K) + tuple(out_hw), x.dtype)
+    if y.size == 0 or C == 0:
+        if y.size:
+            y[...] = 0 if b is None else b.reshape(1, K, 1, 1)
+            if relu:
+                np.maximum(y, 0, out=y)
+        return y
+    x = np.ascontiguousarray(x)
+    U = filter_tiles(w, m)
+    rows, ntmax = _plan(N, C, K, out_hw, m, x.itemsize)
+    A2 = (m + 2) ** 2
+    V = memory.scratch("winograd_v", A2 * C * ntmax, x.dtype).reshape(A2, C, ntmax)
+    M = memory.scratch("winograd_m", A2 * K * ntmax, x.dtype).reshape(A2, K, ntmax)
+    bias, has_bias = bias_operand(None if b is None else np.ascontiguousarray(b), x.dtype)
+    work = N * K * out_hw[0] * out_hw[1] * (C // groups)
+    with blas.single_threaded():
+        pipeline.forward_chunks(work, x, U, bias, has_bias, bool(relu), y, V, M, m, padding[0],
+                                padding[1], groups, rows, blas.gemm_address(x.dtype.char),
+                                x.dtype)
+    return y
+
+
+def backward_input(gy, w, input_shape, stride, padding, dilation, groups, tile=None):
+    """grad_input: (N, C, H, W), the forward on gy with the flipped, transposed filter, padded by
+    2 - padding (where that is negative, gy's border is cropped instead)."""
+    _check(w.shape, stride, dilation, gy.dtype, 2 if tile is None else tile)
+    pads = [2 - padding[0], 2 - padding[1]]
+    crop_h, crop_w = max(0, -pads[0]), max(0, -pads[1])
+    if crop_h or crop_w:
+        gy = gy[:, :, crop_h:gy.shape[2] - crop_h, crop_w:gy.shape[3] - crop_w]
+        pads = [max(0, pads[0]), max(0, pads[1])]
+    return forward(gy, transposed_filter(w, groups), None, (1, 1), tuple(pads), (1, 1), groups,
+                   tuple(input_shape[2:]), tile=tile)
+
+
+def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups, tile=None):
+    """grad_weight: (K, Cg, 3, 3) = G^T [sum over tiles (A gy A^T) * (B^T x B)] G."""
+    N, C = x.shape[:2]
+    K, Cg = weight_shape[:2]
+    out_hw = gy.shape[2:]
+    m = tile_for(out_hw, x.dtype) if tile is None else tile
+    _check(weight_shape, stride, dilation, x.dtype, m)
+    dw = np.zeros(tuple(weight_shape), x.dtype)
+    if gy.size == 0 or x.size == 0:
+        return dw
+    x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy)
+    rows, ntmax = _plan(N, C, K, out_hw, m, x.itemsize)
+    A2 = (m + 2) ** 2
+    V = memory.scratch("winograd_v", A2 * C * ntmax, x.dtype).reshape(A2, C, ntmax)
+    Yh = memory.scratch("winograd_m", A2 * K * ntmax, x.dtype).reshape(A2, K, ntmax)
+    dU = memory.scratch("winograd_u", A2 * K * Cg, x.dtype).reshape(A2, K, Cg)
+    work = N * K * out_hw[0] * out_hw[1] * Cg
+    with blas.single_threaded():
+        pipeline.weight_chunks(work, x, gy, dU, V, Yh, m, padding[0], padding[1], groups, rows,
+                               blas.gemm_address(x.dtype.char), x.dtype)
+    pipeline.grad_filter_transform(dw.size * (m + 2) * 4, dU, m, constants(x.dtype), dw)
+    return dw
+
+
+__all__ = ["forward", "backward_input", "backward_weight", "qualifies", "available",
+           "tile_for", "filter_tiles", "TILES"]

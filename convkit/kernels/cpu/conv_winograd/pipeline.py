@@ -1,0 +1,124 @@
+"""The Winograd passes, one chunk of tile rows at a time: transforms, GEMMs, inverse transform.
+
+x: (N, C, H, W), y and gy: (N, K, OH, OW), G groups, Cg = C/G, Kg = K/G, alpha = m + 2,
+TH = ceil(OH/m), TW = ceil(OW/m); tile row u = n*TH + th (arrays as in ``tiles``). A chunk is
+``rows`` consecutive tile rows, nt = rows*TW tiles: its transforms (V, M or Yh: alpha^2 x
+channels x ntmax) are the whole workspace, bounded by ``chunk_rows`` whatever N is. Per chunk:
+
+    forward          V = input tiles (C x rows tasks)
+                     M[t, g] = U[t, g] @ V[t, g]            (alpha^2 * G GEMMs: Kg x nt x Cg)
+                     y = output tiles of M, + bias, ReLU    (K x rows tasks)
+    backward_weight  V = input tiles, Yh = grad_output tiles
+                     dU[t, g] += Yh[t, g] @ V[t, g]^T       (alpha^2 * G GEMMs: Kg x Cg x nt)
+
+Every task owns its outputs and the chunks run in order, so each element is summed in one fixed
+order (dU over the chunks, each GEMM single-threaded): the same bits for any thread count. The
+GEMMs are numpy's OpenBLAS ``cblas_?gemm`` called by address (as in ``conv_im2col``), from the
+parallel loop.
+"""
+import numpy as np
+from numba import prange
+
+from convkit.kernels.cpu._native import cblas_gemm
+from convkit.kernels.cpu.conv_winograd.tiles import (
+    filter_tile,
+    grad_filter_tile,
+    grad_output_row,
+    input_row,
+    output_row,
+)
+from convkit.runtime.jit import twin
+
+_NO_TRANS, _TRANS = 111, 112  # CblasNoTrans, CblasTrans
+
+
+@twin
+def filter_transform(w, m, cs, U):
+    """U: (alpha^2, K, Cg) = G w[k, c] G^T for every filter (w: (K, Cg, 3, 3))."""
+    K, Cg = w.shape[0], w.shape[1]
+    wf, Uf = w.reshape(w.size), U.reshape(U.size)
+    for k in prange(K):
+        tmp = np.empty(3 * (m + 2), w.dtype)
+        for c in range(Cg):
+            filter_tile(wf, k, c, m, cs, Uf, K, Cg, tmp)
+
+
+@twin
+def grad_filter_transform(dU, m, cs, dw):
+    """dw: (K, Cg, 3, 3) = G^T dU[:, k, c] G for every filter (dU: (alpha^2, K, Cg))."""
+    K, Cg = dw.shape[0], dw.shape[1]
+    dUf, dwf = dU.reshape(dU.size), dw.reshape(dw.size)
+    for k in prange(K):
+        tmp = np.empty(3 * (m + 2), dw.dtype)
+        for c in range(Cg):
+            grad_filter_tile(dUf, k, c, m, cs, dwf, K, Cg, tmp)
+
+
+@twin
+def forward_chunks(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, rows, gemm, dtype):
+    """y = A^T [U * (B^T x B)] A (+ bias, ReLU) chunk by chunk (see the module docstring)."""
+    N, C = x.shape[0], x.shape[1]
+    K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    alpha = m + 2
+    TH, TW = (OH + m - 1) // m, (OW + m - 1) // m
+    Cg, Kg, units, ntmax = C // G, K // G, N * TH, V.shape[2]
+    Vf, Mf = V.reshape(V.size), M.reshape(M.size)
+    size = V.itemsize
+    one, zero = dtype.type(1), dtype.type(0)
+    for u0 in range(0, units, rows):
+        nr = min(rows, units - u0)
+        nt = nr * TW
+        for task in prange(C * nr):
+            c, r = task // nr, task % nr
+            n, th = (u0 + r) // TH, (u0 + r) % TH
+            pad = np.empty(alpha * (TW * m + 2), x.dtype)
+            tmp = np.empty(alpha * (TW * m + 2), x.dtype)
+            input_row(x, n, c, th * m - ph, pw, m, TW, Vf, C, ntmax, r * TW, pad, tmp)
+        for task in prange(alpha * alpha * G):
+            t, g = task // G, task % G
+            cblas_gemm(gemm, _NO_TRANS, _NO_TRANS, Kg, nt, Cg, one,
+                       U.ctypes.data + (t * K + g * Kg) * Cg * size, Cg,
+                       V.ctypes.data + (t * C + g * Cg) * ntmax * size, ntmax, zero,
+                       M.ctypes.data + (t * K + g * Kg) * ntmax * size, ntmax)
+        for task in prange(K * nr):
+            k, r = task // nr, task % nr
+            n, th = (u0 + r) // TH, (u0 + r) % TH
+            tmp = np.empty(alpha * TW * m, x.dtype)
+            out = np.empty(m * TW * m, x.dtype)
+            bk = bias[k] if has_bias else zero
+            output_row(Mf, K, ntmax, k, r * TW, m, TW, y, n, th * m, bk, relu, tmp, out)
+
+
+@twin
+def weight_chunks(x, gy, dU, V, Yh, m, ph, pw, G, rows, gemm, dtype):
+    """dU: (alpha^2, K, Cg) = sum over tiles of (A gy A^T) * (B^T x B), chunk by chunk."""
+    N, C = x.shape[0], x.shape[1]
+    K, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
+    alpha = m + 2
+    TH, TW = (OH + m - 1) // m, (OW + m - 1) // m
+    Cg, Kg, units, ntmax = C // G, K // G, N * TH, V.shape[2]
+    Vf, Yf = V.reshape(V.size), Yh.reshape(Yh.size)
+    size = V.itemsize
+    one, zero = dtype.type(1), dtype.type(0)
+    for u0 in range(0, units, rows):
+        nr = min(rows, units - u0)
+        nt = nr * TW
+        for task in prange(C * nr):
+            c, r = task // nr, task % nr
+            n, th = (u0 + r) // TH, (u0 + r) % TH
+            pad = np.empty(alpha * (TW * m + 2), x.dtype)
+            tmp = np.empty(alpha * (TW * m + 2), x.dtype)
+            input_row(x, n, c, th * m - ph, pw, m, TW, Vf, C, ntmax, r * TW, pad, tmp)
+        for task in prange(K * nr):
+            k, r = task // nr, task % nr
+            n, th = (u0 + r) // TH, (u0 + r) % TH
+            pad = np.empty(m * TW * m, x.dtype)
+            tmp = np.empty(alpha * TW * m, x.dtype)
+            grad_output_row(gy, n, k, th * m, m, TW, Yf, K, ntmax, r * TW, pad, tmp)
+        beta = zero if u0 == 0 else one
+        for task in prange(alpha * alpha * G):
+            t, g = task // G, task % G
+            cblas_gemm(gemm, _NO_TRANS, _TRANS, Kg, Cg, nt, one,
+                       Yh.ctypes.data + (t * K + g * Kg) * ntmax * size, ntmax,
+                       V.ctypes.data + (t * C + g * Cg) * ntmax * size, ntmax, beta,
+                       dU.ctypes.data + (t * K + g * Kg) * Cg * size, Cg)
