@@ -22,6 +22,7 @@ from convkit.autograd import (
     relu_inplace,
 )
 from convkit.autograd.ops import REDUCED_DTYPES
+from convkit.engine.algorithm import check_winograd
 from convkit.engine.algorithm import select_algorithm  # noqa: F401  (public name)
 from convkit.kernels.shapes import (
     ArgumentError,
@@ -41,7 +42,7 @@ IntOrPair = Union[int, Sequence[int]]
 KERNEL_DTYPES = (torch.float32, torch.float64)
 FLOAT_DTYPES = KERNEL_DTYPES + REDUCED_DTYPES
 _DTYPE_WORDS = "torch.float32, torch.float64, torch.float16 or torch.bfloat16"
-ALGORITHMS = ("auto", "direct", "im2col")
+ALGORITHMS = ("auto", "direct", "im2col", "winograd")
 
 
 def _check_tensor(t, name: str, op: str) -> None:
@@ -241,6 +242,8 @@ def _conv2d_plan(input, weight, bias, stride, padding, dilation, groups, algorit
     check_conv2d(tuple(input.shape), tuple(weight.shape),
                  None if bias is None else tuple(bias.shape),
                  stride, padding, dilation, groups)
+    if algorithm == "winograd":
+        check_winograd(tuple(weight.shape), stride, dilation, "conv2d()")
     return stride, padding, dilation, extra, unbatched
 
 

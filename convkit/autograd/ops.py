@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 from convkit.engine import engine_for
+from convkit.engine.algorithm import check_winograd
 from convkit.kernels.shapes import (
     ArgumentError,
     DtypeError,
@@ -206,7 +207,7 @@ IMPLS = {"conv2d": _conv2d, "conv2d_relu": _conv2d_relu,
 # (a kernel given inconsistent shapes would read or write out of bounds).
 
 _FLOAT_DTYPES = (torch.float32, torch.float64) + REDUCED_DTYPES
-ALGORITHMS = ("auto", "direct", "im2col")
+ALGORITHMS = ("auto", "direct", "im2col", "winograd")
 
 
 def _fail(op: str, what: str, cls=ArgumentError):
@@ -244,6 +245,8 @@ def _check_conv(op, input_size, weight_size, bias, output, stride, padding, dila
                   f"{list(weight_size)}")
     check_conv2d(tuple(input_size), tuple(weight_size), None if bias is None else bias.shape,
                  stride, padding, dilation, groups)
+    if algorithm == "winograd":
+        check_winograd(tuple(weight_size), stride, dilation, f"convkit::{op}")
     if output is not None:
         expected = [input_size[0], weight_size[0]] + [
             conv_output_size(input_size[2 + i], weight_size[2 + i], stride[i], padding[i],

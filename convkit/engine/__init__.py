@@ -78,7 +78,8 @@ class KernelEngine:
                 return self.to_tensor(_algorithm.run(
                     pass_name, self.device_type, x_shape, w_shape, conf, dtype, macs,
                     lambda alg: fn(*args, *conf, alg, *tail, **launch)))
-            algorithm = _algorithm.rule(pass_name, w_shape, conf[3], macs)
+            algorithm = _algorithm.rule(pass_name, w_shape, conf[3], macs, conf, y_shape[2:],
+                                        self.device_type)
         return self.to_tensor(fn(*args, *conf, algorithm, *tail, **launch))
 
     def conv2d_forward(self, x, w, b, stride, padding, dilation, groups, algorithm,

@@ -14,6 +14,14 @@ multiply-adds) run direct: no unfold and no BLAS call to pay for. Measured on th
 shapes (benchmarks/results/cpu-amd-epyc/full.md), this rule picks the faster kernel in every row
 where the two differ by more than 10 %.
 
+On the CPU, a conv Winograd can compute (``winograd_qualifies``: 3x3, stride 1, dilation 1)
+runs "winograd" instead of im2col where :func:`winograd_wins` says so: both channel counts of a
+group at least WINOGRAD_MIN_CHANNELS and an output plane at least WINOGRAD_MIN_SIDE on each side,
+for the passes in WINOGRAD_PASSES (the measurements are next to the constants). Its float32
+error is bounded too: the tile (``conv_winograd.tile_for``) is F(4x4, 3x3) only where its
+measured error stays within WINOGRAD_ERROR_BOUND times im2col's (docs/algorithms-winograd.md).
+CUDA stays on im2col (no Winograd kernels there).
+
 Like ``torch.backends.cudnn.benchmark``, timing is opt-in: with :func:`set_benchmark` (or
 CONVKIT_BENCHMARK=1) the first CPU call of a new pass and shape runs each kernel once to compile
 and warm it, times them alternately AUTOTUNE_ROUNDS times, keeps each one's best time and from then
@@ -29,13 +37,20 @@ from typing import Optional
 
 import torch
 
-from convkit.kernels.shapes import conv_output_size
+from convkit.kernels.shapes import ArgumentError, conv_output_size
 
 # multiply-adds under which direct runs: a fixed per-call cost (unfold buffers, a BLAS call)
 # outweighs the GEMM's speed there (the 'tiny' benchmark rows: im2col 1.9-3.2x direct's time)
 SMALL_MACS = 1 << 18
 # reduction length (see the module docstring) under which the direct kernel is chosen
 DIRECT_MAX_REDUCTION = 32
+
+# Winograd where it wins (see winograd_wins); placeholders until measured
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_SIDE = 14
+WINOGRAD_PASSES = ("forward", "backward_input", "backward_weight")
+# how many times im2col's float32 max error (relative to the largest output) auto accepts
+WINOGRAD_ERROR_BOUND = 10
 
 # multiply-adds below which benchmark mode still trusts the rule instead of timing
 AUTOTUNE_MIN_MACS = 1 << 21
@@ -58,15 +73,46 @@ def benchmark_enabled() -> bool:
     return _benchmark[0] and not torch.are_deterministic_algorithms_enabled()
 
 
-def rule(pass_name: str, weight_shape, groups: int, macs: int) -> str:
-    """The deterministic choice: "direct" or "im2col" (see the module docstring)."""
+def winograd_qualifies(weight_shape, stride, dilation) -> bool:
+    """Whether Winograd F(m x m, 3 x 3) computes this conv: a 3x3 filter, stride 1, dilation 1
+    (any zero padding, any groups)."""
+    return (tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1))
+
+
+def check_winograd(weight_shape, stride, dilation, op: str = "conv2d()") -> None:
+    """ArgumentError (a ValueError) naming what keeps ``algorithm="winograd"`` from this conv."""
+    if not winograd_qualifies(weight_shape, stride, dilation):
+        raise ArgumentError(
+            f"{op}: algorithm='winograd' needs a 3x3 kernel, stride 1 and dilation 1, got "
+            f"kernel {tuple(weight_shape[2:])}, stride {tuple(stride)}, dilation "
+            f"{tuple(dilation)}; use 'auto', 'im2col' or 'direct'")
+
+
+def winograd_wins(pass_name: str, weight_shape, groups: int, out_hw) -> bool:
+    """Whether ``auto`` runs Winograd for this pass of a qualifying conv (module docstring)."""
+    K, Cg = weight_shape[0], weight_shape[1]
+    return (pass_name in WINOGRAD_PASSES and min(Cg, K // groups) >= WINOGRAD_MIN_CHANNELS
+            and min(out_hw) >= WINOGRAD_MIN_SIDE)
+
+
+def rule(pass_name: str, weight_shape, groups: int, macs: int, conf=None, out_hw=None,
+         device_type: str = "cpu") -> str:
+    """The deterministic choice: "direct", "im2col" or (CPU, ``conf`` = (stride, padding,
+    dilation, groups) and the output plane ``out_hw`` given) "winograd" (module docstring)."""
     K, Cg, KH, KW = weight_shape
     if macs < SMALL_MACS:
         return "direct"
     Kg = K // groups
     reduction = {"forward": Cg * KH * KW, "backward_input": Kg * KH * KW,
                  "backward_weight": Kg * Cg}[pass_name]
-    return "direct" if reduction < DIRECT_MAX_REDUCTION else "im2col"
+    if reduction < DIRECT_MAX_REDUCTION:
+        return "direct"
+    if (device_type == "cpu" and conf is not None and out_hw is not None
+            and winograd_qualifies(weight_shape, conf[0], conf[2])
+            and winograd_wins(pass_name, weight_shape, groups, out_hw)):
+        return "winograd"
+    return "im2col"
 
 
 def key(pass_name: str, input_shape, weight_shape, stride, padding, dilation, groups: int,
@@ -87,12 +133,15 @@ def run(pass_name: str, device_type: str, input_shape, weight_shape, conf, dtype
     """``call(algorithm)`` for the algorithm ``auto`` stands for on this pass and shape."""
     stride, padding, dilation, groups = conf
     if not timing_applies(device_type, macs):
-        return call(rule(pass_name, weight_shape, groups, macs))
+        return call(rule(pass_name, weight_shape, groups, macs, conf,
+                         _out_hw(input_shape, weight_shape, conf), device_type))
     k = key(pass_name, input_shape, weight_shape, stride, padding, dilation, groups, dtype)
     alg = CHOICES.get(k)
     if alg is not None:
         return call(alg)
     algorithms = ("direct", "im2col")
+    if winograd_qualifies(weight_shape, stride, dilation):
+        algorithms += ("winograd",)
     times = {a: float("inf") for a in algorithms}
     for a in algorithms:
         call(a)
@@ -119,9 +168,16 @@ def select_algorithm(input_shape, weight_shape, stride, padding, dilation, group
                                  groups, dtype))
     if chosen is not None:
         return chosen
-    N, C, H, W = input_shape
+    N, C = input_shape[:2]
     K, _, KH, KW = weight_shape
-    OH = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
-    OW = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+    conf = (stride, padding, dilation, groups)
+    OH, OW = _out_hw(input_shape, weight_shape, conf)
     macs = N * K * OH * OW * (C // groups) * KH * KW
-    return rule(pass_name, weight_shape, groups, macs)
+    return rule(pass_name, weight_shape, groups, macs, conf, (OH, OW), device_type)
+
+
+def _out_hw(input_shape, weight_shape, conf) -> tuple:
+    """(OH, OW) of the conv (stride, padding, dilation, groups) = ``conf``."""
+    stride, padding, dilation = conf[:3]
+    return tuple(conv_output_size(input_shape[2 + i], weight_shape[2 + i], stride[i], padding[i],
+                                  dilation[i]) for i in (0, 1))

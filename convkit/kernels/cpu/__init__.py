@@ -1,7 +1,8 @@
 """CPU kernels (Numba @njit, torch-free): the contract shared with ``convkit.kernels.cuda``.
 
 All arrays are C-contiguous numpy arrays in NCHW layout; stride, padding and dilation are
-explicit (h, w) int pairs (padding symmetric); ``algorithm`` is "direct" or "im2col" ("auto" is
+explicit (h, w) int pairs (padding symmetric); ``algorithm`` is "direct", "im2col" or
+"winograd" (3x3, stride 1, dilation 1 only: ``engine.algorithm.winograd_qualifies``) ("auto" is
 resolved above the kernels, in ``convkit.engine.algorithm``, the same way for every device).
 Arguments are assumed valid (``convkit.functional`` validates them through
 ``convkit.kernels.shapes``). The plain loop nests these compute are in
@@ -9,13 +10,13 @@ Arguments are assumed valid (``convkit.functional`` validates them through
 """
 import numpy as np
 
-from convkit.kernels.cpu import conv_direct, conv_im2col
+from convkit.kernels.cpu import conv_direct, conv_im2col, conv_winograd
 from convkit.kernels.cpu.conv_direct.bias import conv2d_backward_bias
 from convkit.kernels.cpu.pool import max_pool2d_backward, max_pool2d_forward
 from convkit.kernels.cpu.relu import relu_backward, relu_forward
 from convkit.kernels.shapes import conv_output_size
 
-ALGORITHMS = {"direct": conv_direct, "im2col": conv_im2col}
+ALGORITHMS = {"direct": conv_direct, "im2col": conv_im2col, "winograd": conv_winograd}
 
 
 def _algorithm(name: str):

@@ -1,7 +1,7 @@
 """Winograd 3x3 convolution F(m x m, 3 x 3), m = 2 or 4: fewer multiplies than the direct sum.
 
 x: (N, C, H, W), w: (K, Cg, 3, 3), y: (N, K, OH, OW); stride 1, dilation 1, any zero padding,
-G groups. Each m x m output tile is computed from its alpha x alpha input patch d (alpha = m+2)
+G groups (the conv is checked above the kernels: ``convkit.engine.algorithm.check_winograd``). Each m x m output tile is computed from its alpha x alpha input patch d (alpha = m+2)
 as (Lavin & Gray 2016; ``convkit.kernels.reference.winograd_tile`` is the one-tile textbook
 version with B, G, A written out)
 
@@ -42,13 +42,6 @@ WORKSPACE_BYTES = 4 << 20
 MIN_TILES = 64
 
 
-def qualifies(weight_shape, stride, dilation) -> bool:
-    """Whether Winograd F(m x m, 3 x 3) computes this conv: a 3x3 filter, stride 1, dilation 1
-    (any padding, any groups)."""
-    return (tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
-            and tuple(dilation) == (1, 1))
-
-
 def available(dtype) -> bool:
     """Whether numpy's BLAS has the ``cblas_?gemm`` the GEMMs call."""
     return cblas_workers.available(dtype)
@@ -67,11 +60,8 @@ def chunk_rows(units, TW, alpha, channels, itemsize) -> int:
     return max(1, min(units, max(-(-MIN_TILES // TW), WORKSPACE_BYTES // per_row)))
 
 
-def _check(weight_shape, stride, dilation, dtype, tile):
-    if not qualifies(weight_shape, stride, dilation):
-        raise ValueError(f"algorithm='winograd' needs a 3x3 filter, stride (1, 1) and dilation "
-                         f"(1, 1), got kernel {tuple(weight_shape[2:])}, stride {tuple(stride)}, "
-                         f"dilation {tuple(dilation)}")
+def _check(dtype, tile):
+    """The conv itself was checked above the kernels (``engine.algorithm.check_winograd``)."""
     if tile not in TILES:
         raise ValueError(f"tile must be one of {TILES}, got {tile!r}")
     if not available(dtype):
@@ -86,7 +76,7 @@ def _plan(N, C, K, out_hw, m, itemsize):
     return rows, rows * TW
 
 
-def filter_tiles(w, m):
+def transformed_filter(w, m):
     """U: (alpha^2, K, Cg), the transformed filters."""
     K, Cg = w.shape[:2]
     U = memory.scratch("winograd_u", (m + 2) ** 2 * K * Cg, w.dtype).reshape((m + 2) ** 2, K, Cg)
@@ -100,7 +90,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False, tile
     N, C = x.shape[:2]
     K = w.shape[0]
     m = tile_for(out_hw, x.dtype) if tile is None else tile
-    _check(w.shape, stride, dilation, x.dtype, m)
+    _check(x.dtype, m)
     y = empty((N, K) + tuple(out_hw), x.dtype)
     if y.size == 0 or C == 0:
         if y.size:
@@ -109,7 +99,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False, tile
                 np.maximum(y, 0, out=y)
         return y
     x = np.ascontiguousarray(x)
-    U = filter_tiles(w, m)
+    U = transformed_filter(w, m)
     rows, ntmax = _plan(N, C, K, out_hw, m, x.itemsize)
     A2 = (m + 2) ** 2
     V = memory.scratch("winograd_v", A2 * C * ntmax, x.dtype).reshape(A2, C, ntmax)
@@ -126,7 +116,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False, tile
 def backward_input(gy, w, input_shape, stride, padding, dilation, groups, tile=None):
     """grad_input: (N, C, H, W), the forward on gy with the flipped, transposed filter, padded by
     2 - padding (where that is negative, gy's border is cropped instead)."""
-    _check(w.shape, stride, dilation, gy.dtype, 2 if tile is None else tile)
+    _check(gy.dtype, 2 if tile is None else tile)
     pads = [2 - padding[0], 2 - padding[1]]
     crop_h, crop_w = max(0, -pads[0]), max(0, -pads[1])
     if crop_h or crop_w:
@@ -142,7 +132,7 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups, tile
     K, Cg = weight_shape[:2]
     out_hw = gy.shape[2:]
     m = tile_for(out_hw, x.dtype) if tile is None else tile
-    _check(weight_shape, stride, dilation, x.dtype, m)
+    _check(x.dtype, m)
     dw = np.zeros(tuple(weight_shape), x.dtype)
     if gy.size == 0 or x.size == 0:
         return dw
@@ -160,5 +150,5 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups, tile
     return dw
 
 
-__all__ = ["forward", "backward_input", "backward_weight", "qualifies", "available",
-           "tile_for", "filter_tiles", "TILES"]
+__all__ = ["forward", "backward_input", "backward_weight", "available",
+           "tile_for", "transformed_filter", "TILES"]

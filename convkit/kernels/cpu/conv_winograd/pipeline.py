@@ -21,8 +21,8 @@ from numba import prange
 
 from convkit.kernels.cpu._native import cblas_gemm
 from convkit.kernels.cpu.conv_winograd.tiles import (
-    filter_tile,
-    grad_filter_tile,
+    filter_tiles,
+    grad_filter_tiles,
     grad_output_row,
     input_row,
     output_row,
@@ -38,9 +38,9 @@ def filter_transform(w, m, cs, U):
     K, Cg = w.shape[0], w.shape[1]
     wf, Uf = w.reshape(w.size), U.reshape(U.size)
     for k in prange(K):
-        tmp = np.empty(3 * (m + 2), w.dtype)
-        for c in range(Cg):
-            filter_tile(wf, k, c, m, cs, Uf, K, Cg, tmp)
+        wt = np.empty(9 * Cg, w.dtype)
+        tmp = np.empty(3 * (m + 2) * Cg, w.dtype)
+        filter_tiles(wf, k, m, cs, Uf, K, wt, tmp)
 
 
 @twin
@@ -49,9 +49,9 @@ def grad_filter_transform(dU, m, cs, dw):
     K, Cg = dw.shape[0], dw.shape[1]
     dUf, dwf = dU.reshape(dU.size), dw.reshape(dw.size)
     for k in prange(K):
-        tmp = np.empty(3 * (m + 2), dw.dtype)
-        for c in range(Cg):
-            grad_filter_tile(dUf, k, c, m, cs, dwf, K, Cg, tmp)
+        tmp = np.empty(3 * (m + 2) * Cg, dw.dtype)
+        wt = np.empty(9 * Cg, dw.dtype)
+        grad_filter_tiles(dUf, k, m, cs, dwf, K, tmp, wt)
 
 
 @twin

@@ -112,24 +112,37 @@ def grad_output_row(gy, n, k, oh0, m, TW, Yh, K, ntmax, j0, pad, tmp):
 
 
 @njit(inline="always")
-def filter_tile(w, k, c, m, cs, U, K, Cg, tmp):
-    """U[:, k, c] = G w[k, c] G^T: G down the 3 columns of the filter into tmp (alpha, 3), then
-    G along each of tmp's rows (w and U flat)."""
+def filter_tiles(w, k, m, cs, U, K, wt, tmp):
+    """U[:, k, :] = G w[k, c] G^T for every c: filter k's taps gathered to wt (9, Cg), G down
+    the 3 tap columns into tmp (alpha, 3, Cg), then G along tmp's rows into U, every 1-D
+    transform running over c (contiguous, so it vectorizes). w and U flat."""
+    Cg = wt.size // 9
     alpha = m + 2
-    base = (k * Cg + c) * 9
+    for c in range(Cg):
+        for rs in range(9):
+            wt[rs * Cg + c] = w[(k * Cg + c) * 9 + rs]
     for s in range(3):
-        filter_1d(m, cs, w, base + s, 3, tmp, s, 3)
+        for c in range(Cg):
+            filter_1d(m, cs, wt, s * Cg + c, 3 * Cg, tmp, s * Cg + c, 3 * Cg)
     for a in range(alpha):
-        filter_1d(m, cs, tmp, a * 3, 1, U, (a * alpha * K + k) * Cg + c, K * Cg)
+        for c in range(Cg):
+            filter_1d(m, cs, tmp, a * 3 * Cg + c, Cg, U, (a * alpha * K + k) * Cg + c, K * Cg)
 
 
 @njit(inline="always")
-def grad_filter_tile(dU, k, c, m, cs, dw, K, Cg, tmp):
-    """dw[k, c] = G^T dU[:, k, c] G (the adjoint of ``filter_tile``): G^T down each of the
-    alpha columns b into tmp (3, alpha), then along tmp's 3 rows (dU and dw flat)."""
+def grad_filter_tiles(dU, k, m, cs, dw, K, tmp, wt):
+    """dw[k, c] = G^T dU[:, k, c] G for every c (the adjoint of ``filter_tiles``): G^T down
+    each of the alpha columns b into tmp (3, alpha, Cg), then along tmp's rows into wt (9, Cg),
+    scattered to dw[k]. dU and dw flat."""
+    Cg = wt.size // 9
     alpha = m + 2
     for b in range(alpha):
-        grad_filter_1d(m, cs, dU, (b * K + k) * Cg + c, alpha * K * Cg, tmp, b, alpha)
-    base = (k * Cg + c) * 9
+        for c in range(Cg):
+            grad_filter_1d(m, cs, dU, (b * K + k) * Cg + c, alpha * K * Cg, tmp, b * Cg + c,
+                           alpha * Cg)
     for r in range(3):
-        grad_filter_1d(m, cs, tmp, r * alpha, 1, dw, base + r * 3, 1)
+        for c in range(Cg):
+            grad_filter_1d(m, cs, tmp, r * alpha * Cg + c, Cg, wt, r * 3 * Cg + c, Cg)
+    for c in range(Cg):
+        for rs in range(9):
+            dw[(k * Cg + c) * 9 + rs] = wt[rs * Cg + c]
