@@ -19,9 +19,8 @@ parallel kernel runs.
 
 This module does not import torch: the engine (``convkit.engine.cpu``) names torch's libgomp
 (:func:`find_openmp_runtime`) when torch's parallel backend is OpenMP, and ``convkit.runtime.setup``
-installs it on the first parallel kernel launch. CONVKIT_OPENMP=0 turns it off. The cfuncs hold
-this process's function addresses, so they are compiled once per process
-(well under a second) and never cached.
+installs it on the first parallel kernel launch. CONVKIT_OPENMP=0 turns it off. The cfuncs
+(``convkit.runtime.gomp_team``) reach libgomp through symbols bound here, so Numba caches them.
 """
 from __future__ import annotations
 
@@ -85,70 +84,13 @@ def install(path: Optional[str]) -> bool:
 
 
 def _build(gomp_parallel, thread_num, num_threads):
-    """The two cfuncs, for this libgomp (see the module docstring)."""
-    import numpy as np
-    from llvmlite import ir
-    from numba import carray, cfunc, types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
+    """The two cfuncs (``convkit.runtime.gomp_team``), bound to this libgomp's functions."""
+    import llvmlite.binding as llvm
 
-    @intrinsic
-    def address(typingctx, pointer):
-        def codegen(context, builder, signature, args):
-            return builder.ptrtoint(args[0], ir.IntType(64))
-        return types.int64(pointer), codegen
+    for name, fn in (("convkit_GOMP_parallel", gomp_parallel),
+                     ("convkit_omp_get_thread_num", thread_num),
+                     ("convkit_omp_get_num_threads", num_threads)):
+        llvm.add_symbol(name, ctypes.cast(fn, ctypes.c_void_p).value)
+    from convkit.runtime import gomp_team
 
-    @intrinsic
-    def pointer(typingctx, value):
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], cgutils.voidptr_t)
-        return types.voidptr(types.int64), codegen
-
-    @intrinsic
-    def call_gufunc(typingctx, fn, args, dims, steps, data):
-        """fn(args, dims, steps, data): Numba's gufunc calling convention, all void*."""
-        def codegen(context, builder, signature, a):
-            vp = cgutils.voidptr_t
-            callee = builder.inttoptr(a[0], ir.FunctionType(ir.VoidType(), [vp] * 4).as_pointer())
-            builder.call(callee, [builder.inttoptr(v, vp) for v in a[1:]])
-            return context.get_dummy_value()
-        return types.void(types.int64, types.int64, types.int64, types.int64, types.int64), \
-            codegen
-
-    @cfunc(types.void(types.voidptr))
-    def team_member(data):
-        """One thread of the team: schedule chunks [size*t/T, size*(t+1)/T), each called with
-        its arrays advanced by chunk * step and an outer count of 1 (as omppool.cpp)."""
-        c = carray(data, (7,), np.int64)
-        fn, args_at, dims_at, steps_at, user_data, arg_len, array_count = \
-            c[0], c[1], c[2], c[3], c[4], c[5] + 1, c[6]
-        dims = carray(pointer(dims_at), (arg_len,), np.int64)
-        steps = carray(pointer(steps_at), (array_count,), np.int64)
-        args = carray(pointer(args_at), (array_count,), np.int64)
-        t, T, size = thread_num(), num_threads(), dims[0]
-        count = np.empty(arg_len, np.int64)
-        moved = np.empty(array_count, np.int64)
-        for r in range(size * t // T, size * (t + 1) // T):
-            count[:] = dims
-            count[0] = 1
-            for j in range(array_count):
-                moved[j] = args[j] + steps[j] * r if args[j] != 0 else 0
-            call_gufunc(fn, moved.ctypes.data, count.ctypes.data, steps_at, user_data)
-
-    member = team_member.address
-
-    @cfunc(types.void(types.voidptr, types.voidptr, types.voidptr, types.voidptr, types.voidptr,
-                      types.uintp, types.uintp, types.int32))
-    def parallel_for(fn, args, dims, steps, data, inner_ndim, array_count, threads):
-        c = np.empty(7, np.int64)
-        c[0], c[1], c[2], c[3], c[4] = (address(fn), address(args), address(dims),
-                                        address(steps), address(data))
-        c[5], c[6] = inner_ndim, array_count
-        gomp_parallel(pointer(member), pointer(c.ctypes.data), threads, 0)
-
-    @cfunc(types.int32())
-    def get_thread_id():
-        return thread_num()
-
-    _keep.append(team_member)
-    return parallel_for, get_thread_id
+    return gomp_team.parallel_for, gomp_team.get_thread_id
