@@ -21,12 +21,13 @@ from convkit.autograd import (
     ops,
     relu_inplace,
 )
-from convkit.autograd.ops import REDUCED_DTYPES
+from convkit.autograd.ops import INT_DTYPES, REDUCED_DTYPES
 from convkit.engine.algorithm import check_winograd
 from convkit.engine.algorithm import select_algorithm  # noqa: F401  (public name)
 from convkit.kernels.shapes import (
     ArgumentError,
     DtypeError,
+    DtypeNotImplementedError,
     check_conv2d,
     check_conv2d_kernel,
     check_max_pool2d,
@@ -51,10 +52,18 @@ def _check_tensor(t, name: str, op: str) -> None:
                         f"not {type(t).__name__}")
 
 
-def _check_float(t: torch.Tensor, name: str, op: str) -> None:
-    if t.dtype not in FLOAT_DTYPES:
-        raise DtypeError(f"{op}(): expected {name} to have a floating dtype ({_DTYPE_WORDS}), "
-                         f"but got {t.dtype}")
+def _check_float(t: torch.Tensor, name: str, op: str, integers: bool = False) -> None:
+    """t has a dtype the op computes in: floating, or (``integers``) an integer dtype on the
+    CPU, as torch's relu and max_pool2d take."""
+    if t.dtype in FLOAT_DTYPES or (integers and t.dtype in INT_DTYPES and t.is_cpu):
+        return
+    if t.dtype == torch.bool and op == "relu":
+        raise DtypeError("relu(): Boolean inputs not supported for relu")
+    torch_name = t.type().rsplit(".", 1)[-1][:-len("Tensor")]  # torch.bool -> 'Bool'
+    raise DtypeNotImplementedError(
+        f"{op}(): \"{op}\" not implemented for '{torch_name}': expected {name} to have a "
+        f"floating dtype ({_DTYPE_WORDS}){' or an integer dtype' if integers else ''}, but got "
+        f"{t.dtype}")
 
 
 def _stride_order(t: torch.Tensor) -> list:
@@ -210,16 +219,17 @@ def _conv2d_plan(input, weight, bias, stride, padding, dilation, groups, algorit
         raise ArgumentError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got "
                             f"input of size: {list(input.shape)}")
     if weight.dim() != 4:
-        raise ArgumentError(f"conv2d(): expected weight to be 4-D (out_channels, "
-                            f"in_channels/groups, kH, kW), but got weight of size "
-                            f"{list(weight.shape)}")
+        batched = [1] * (input.dim() == 3) + list(input.shape)  # torch reports it batched
+        raise ArgumentError(f"conv2d(): Expected {weight.dim()}-dimensional input for "
+                            f"{weight.dim()}-dimensional weight{list(weight.shape)}, but got "
+                            f"{len(batched)}-dimensional input of size {batched} instead: "
+                            f"expected weight to be 4-D (out_channels, in_channels/groups, kH, "
+                            f"kW)")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != input.dtype:
+            raise DtypeError(f"conv2d(): Input type ({input.dtype}) and {name} type ({t.dtype}) "
+                             f"should be the same")
     _check_float(input, "input", "conv2d")
-    if weight.dtype != input.dtype:
-        raise DtypeError(f"conv2d(): expected weight to have the input's dtype {input.dtype}, "
-                         f"but got {weight.dtype}")
-    if bias is not None and bias.dtype != input.dtype:
-        raise DtypeError(f"conv2d(): expected bias to have the input's dtype {input.dtype}, "
-                         f"but got {bias.dtype}")
     device = input.device
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.device != device:
@@ -252,7 +262,7 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     ``torch.nn.functional.relu`` (NaN propagates, -0.0 stays); the result keeps the input's
     stride order."""
     _check_tensor(input, "input", "relu")
-    _check_float(input, "input", "relu")
+    _check_float(input, "input", "relu", integers=True)
     if not input.is_contiguous():
         # work on the permutation with the strides in decreasing order: the result has the
         # input's stride order, as torch's (and a dense input, channels-last say, is not copied)
@@ -298,9 +308,9 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size: IntOrPair,
 def _max_pool2d_plan(input, kernel_size, stride, padding, dilation, ceil_mode):
     """Check max_pool2d's arguments (raising in torch's words) and normalise them."""
     if input.dim() not in (3, 4):
-        raise ArgumentError(f"max_pool2d(): expected a 3D (C, H, W) or 4D (N, C, H, W) input, "
-                            f"but got input of size: {list(input.shape)}")
-    _check_float(input, "input", "max_pool2d")
+        raise ArgumentError(f"max_pool2d(): non-empty 3D or 4D (batch mode) tensor expected for "
+                            f"input, but got input of size: {list(input.shape)}")
+    _check_float(input, "input", "max_pool2d", integers=True)
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"max_pool2d(): argument 'ceil_mode' must be bool, not "
                         f"{type(ceil_mode).__name__}")

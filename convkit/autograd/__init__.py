@@ -423,7 +423,8 @@ class ReLUBackward(Function):
 def _pick(t: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """t (N, C, H, W) at each pooling window's maximum (``indices``: flat in each H*W plane); a
     window with no input tap (its index lies past the plane, as torch's) picks 0."""
-    flat, idx = t.flatten(2), indices.flatten(2)
+    N, C = indices.shape[:2]
+    flat, idx = t.reshape(N, C, -1), indices.reshape(N, C, -1)  # legacy vmap has no flatten
     plane = flat.shape[2]
     picked = flat.gather(2, idx.clamp(max=plane - 1))
     return picked.masked_fill(idx >= plane, 0).view(indices.shape)

@@ -76,11 +76,24 @@ DEVICE_KEYS = ("CPU", "CUDA")
 
 
 def channels_last(t: Optional[Tensor]) -> bool:
-    """t is laid out channels-last (and not also plainly contiguous): torch then returns
-    channels-last results from conv2d and max_pool2d, and so do these ops (the kernels work in
-    NCHW: the input is copied in and the result copied out)."""
-    return (t is not None and t.dim() == 4 and not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last))
+    """torch suggests the channels-last memory format for t (``suggest_memory_format``): its
+    strides are ordered like channels-last (C, W, H, N from the smallest), gaps and size-1 dims
+    allowed, ambiguous cases NCHW (``is_channels_last_strides_2d`` in c10). torch's CPU conv2d
+    (any input or weight suggesting it) and max_pool2d (the input) then return channels-last
+    results, and so do these ops (the kernels work in NCHW: copied in and out)."""
+    if t is None or t.dim() != 4:
+        return False
+    if t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last):
+        return False  # the common case, two C calls
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    least = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < least or (d == 0 and least == strides[1]):
+            return False
+        least = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
 
 
 def _result_format(*tensors) -> torch.memory_format:
@@ -120,8 +133,7 @@ def _conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm, r
                            algorithm, relu)
     y = _engine(input).conv2d_forward(input, weight, bias, stride, padding, dilation, groups,
                                       algorithm, relu)
-    if not (input.is_contiguous() and weight.is_contiguous()) and \
-            (channels_last(input) or channels_last(weight)):
+    if channels_last(input) or channels_last(weight):
         y = y.contiguous(memory_format=torch.channels_last)
     return y
 
@@ -182,7 +194,7 @@ def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
                            ceil_mode)
     y, indices = _engine(input).max_pool2d_forward(input, kernel_size, stride, padding,
                                                    dilation, ceil_mode)
-    if not input.is_contiguous() and channels_last(input):
+    if channels_last(input):
         y = y.contiguous(memory_format=torch.channels_last)
         indices = indices.contiguous(memory_format=torch.channels_last)
     return y, indices
@@ -207,6 +219,8 @@ IMPLS = {"conv2d": _conv2d, "conv2d_relu": _conv2d_relu,
 # (a kernel given inconsistent shapes would read or write out of bounds).
 
 _FLOAT_DTYPES = (torch.float32, torch.float64) + REDUCED_DTYPES
+# relu and max_pool2d compute integers too (forward only), as torch's do
+INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 ALGORITHMS = ("auto", "direct", "im2col", "winograd")
 
 
@@ -214,8 +228,9 @@ def _fail(op: str, what: str, cls=ArgumentError):
     raise cls(f"convkit::{op}: {what}")
 
 
-def _check_tensors(op: str, *named) -> None:
-    """4-D (or any-rank where the rank is None) float tensors of one dtype and device."""
+def _check_tensors(op: str, *named, dtypes=_FLOAT_DTYPES) -> None:
+    """4-D (or any-rank where the rank is None) tensors of one dtype (floating, or one of
+    ``dtypes``) and device."""
     first = named[0][1]
     for name, t, rank in named:
         if t is None:
@@ -224,8 +239,8 @@ def _check_tensors(op: str, *named) -> None:
             _fail(op, f"expected {name} to be a Tensor, got {type(t).__name__}", TypeError)
         if rank is not None and t.dim() != rank:
             _fail(op, f"expected {name} to be {rank}-D, got size {list(t.shape)}")
-        if t.dtype not in _FLOAT_DTYPES:
-            _fail(op, f"expected {name} to have a floating dtype, got {t.dtype}", DtypeError)
+        if t.dtype not in dtypes:
+            _fail(op, f"expected {name} to have a dtype in {dtypes}, got {t.dtype}", DtypeError)
         if t is not first:
             if t.dtype != first.dtype:
                 _fail(op, f"expected {name} to have dtype {first.dtype}, got {t.dtype}",
@@ -278,7 +293,7 @@ def _check_conv2d_backward_bias(grad_output):
 
 
 def _check_relu(input):
-    _check_tensors("relu", ("input", input, None))
+    _check_tensors("relu", ("input", input, None), dtypes=_FLOAT_DTYPES + INT_DTYPES)
 
 
 def _check_relu_backward(grad_output, result):
@@ -290,7 +305,7 @@ def _check_relu_backward(grad_output, result):
 
 
 def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
-    _check_tensors("max_pool2d", ("input", input, 4))
+    _check_tensors("max_pool2d", ("input", input, 4), dtypes=_FLOAT_DTYPES + INT_DTYPES)
     check_max_pool2d(tuple(input.shape), kernel_size, stride, padding, dilation, ceil_mode)
 
 
@@ -439,17 +454,23 @@ _is_dynamo_compiling = torch.compiler.is_dynamo_compiling  # dynamo folds it to 
 _functorch_active = torch._C._are_functorch_transforms_active
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_mode = torch._C._is_torch_function_mode_enabled
+_tls_included = torch._C._dispatch_tls_is_dispatch_key_included
+# autograd's own batched gradients (is_grads_batched, gradcheck's check_batched_grad,
+# jacobian(vectorize=True)) run the backward under the legacy vmap: its BatchedTensors are plain
+# Tensors with no data of their own, batched by the dispatcher
+_LEGACY_VMAP = torch._C._dispatch_key_parse("VmapMode")
 
 
 def eager(*tensors) -> bool:
     """True when a call can skip the dispatcher: plain tensors (no subclass such as FakeTensor),
     not traced by dynamo (torch.compile, strict export), no functorch transform, no dispatch mode
-    (non-strict export, make_fx, FakeTensorMode, FlopCounterMode) and no torch-function mode."""
+    (non-strict export, make_fx, FakeTensorMode, FlopCounterMode), no torch-function mode and
+    no legacy vmap (autograd's batched gradients)."""
     for t in tensors:
         if type(t) is not _Tensor and type(t) is not _Parameter:
             return False
     return not (_is_dynamo_compiling() or _functorch_active() or _dispatch_modes()
-                or _function_mode())
+                or _function_mode() or _tls_included(_LEGACY_VMAP))
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation,
@@ -538,7 +559,8 @@ def op_names() -> List[str]:
     return [f"{NAMESPACE}::{name}" for name in SCHEMAS]
 
 
-__all__ = ["LIB", "OPS", "SCHEMAS", "REDUCED_DTYPES", "channels_last", "eager", "op_names",
+__all__ = ["LIB", "OPS", "SCHEMAS", "REDUCED_DTYPES", "INT_DTYPES", "channels_last", "eager",
+           "op_names",
            "conv2d", "conv2d_relu", "conv2d_backward_input", "conv2d_backward_weight",
            "conv2d_backward_bias", "relu", "relu_", "relu_backward", "max_pool2d",
            "max_pool2d_backward"]

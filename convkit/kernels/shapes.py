@@ -22,6 +22,10 @@ class DtypeError(TypeError, RuntimeError):
     """A tensor has a dtype the op does not accept, or dtypes do not match."""
 
 
+class DtypeNotImplementedError(DtypeError, NotImplementedError):
+    """The op has no kernel for a tensor's dtype (torch raises NotImplementedError then)."""
+
+
 class ArgumentTypeError(TypeError, ArgumentError):
     """An argument has the wrong Python type (a float stride, say): a TypeError, as torch
     raises, that is also an ArgumentError."""
@@ -116,10 +120,13 @@ def check_conv2d(input_shape: Sequence[int], weight_shape: Sequence[int], bias_s
     if min(padding) < 0:
         raise ArgumentError(f"conv2d: negative padding is not supported (padding={padding})")
     if min(dilation) <= 0:
-        raise ArgumentError(f"conv2d: non-positive dilation is not supported "
-                            f"(dilation={dilation})")
+        raise ArgumentError(f"conv2d: dilation should be greater than zero, but got "
+                            f"dilation={list(dilation)}")
     K, Cg, KH, KW = weight_shape
     check_conv2d_kernel(weight_shape)
+    if input_shape[0] and input_shape[1] and not (input_shape[2] and input_shape[3]):
+        raise ArgumentError(f"conv2d: Only zero batch or zero channel inputs are supported, but "
+                            f"got input shape: {list(input_shape)}")
     if K < groups:
         raise ArgumentError(f"Given groups={groups}, expected weight to be at least {groups} at "
                             f"dimension 0, but got weight of size {list(weight_shape)} instead")
@@ -144,38 +151,62 @@ def check_conv2d(input_shape: Sequence[int], weight_shape: Sequence[int], bias_s
             f"({eff_h} x {eff_w}). Kernel size can't be greater than actual input size")
 
 
+def _pool_pair(value, name: str, words: str) -> IntPair:
+    """max_pool2d's int or 1-/2-sequence of ints as a pair; torch's message otherwise."""
+    try:
+        return pair(value, name, "max_pool2d")
+    except ArgumentError as e:
+        raise type(e)(f"max_pool2d: {name} must {words}; got {name}={value!r}") from None
+
+
 def max_pool2d_args(kernel_size, stride, padding, dilation) -> Tuple[IntPair, IntPair, IntPair,
                                                                    IntPair]:
     """Normalise max_pool2d's arguments; ``stride`` None or empty means ``kernel_size``."""
-    kernel = pair(kernel_size, "kernel_size", "max_pool2d")
+    kernel = _pool_pair(kernel_size, "kernel_size",
+                        "either be a single int, or a tuple of two ints")
     stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
-        else pair(stride, "stride", "max_pool2d")
-    return kernel, stride, pair(padding, "padding", "max_pool2d"), \
-        pair(dilation, "dilation", "max_pool2d")
+        else _pool_pair(stride, "stride",
+                        "either be omitted, a single int, or a tuple of two ints")
+    return kernel, stride, \
+        _pool_pair(padding, "padding", "either be a single int, or a tuple of two ints"), \
+        _pool_pair(dilation, "dilation", "be either a single int, or a tuple of two ints")
+
+
+def _trunc_half(a: int) -> int:
+    """a / 2 rounded toward zero, as C++ divides."""
+    return a // 2 if a >= 0 else -(-a // 2)
 
 
 def check_max_pool2d(input_shape: Sequence[int], kernel: IntPair, stride: IntPair,
                      padding: IntPair, dilation: IntPair, ceil_mode: bool) -> IntPair:
-    """Validate a 4-D max_pool2d call and return the output size (OH, OW)."""
+    """Validate a 4-D max_pool2d call and return the output size (OH, OW): torch's checks in
+    torch's order (``pooling_output_shape`` for each axis, then ``pool2d_shape_check``), so the
+    same bad call raises the same message."""
+    for k, s, p, d in zip(kernel, stride, padding, dilation):
+        if s == 0:
+            raise ArgumentError("max_pool2d: stride should not be zero")
+        if p < 0:
+            raise ArgumentError(f"max_pool2d: pad must be non-negative, but got pad: {p}")
+        if p > _trunc_half((k - 1) * d + 1):
+            raise ArgumentError(f"max_pool2d: pad should be at most half of effective kernel "
+                                f"size, but got pad={p}, kernel_size={k} and dilation={d}")
     if min(kernel) <= 0:
-        raise ArgumentError(f"max_pool2d: kernel_size must be greater than zero, but got "
-                            f"kernel_size={kernel}")
+        raise ArgumentError(f"max_pool2d: kernel size should be greater than zero, but got kH: "
+                            f"{kernel[0]} kW: {kernel[1]}")
     if min(stride) <= 0:
-        raise ArgumentError(f"max_pool2d: stride must be greater than zero, but got "
-                            f"stride={stride}")
+        raise ArgumentError(f"max_pool2d: stride should be greater than zero, but got dH: "
+                            f"{stride[0]} dW: {stride[1]}")
     if min(dilation) <= 0:
         raise ArgumentError(f"max_pool2d: dilation should be greater than zero, but got "
-                            f"dilation={dilation}")
-    if min(padding) < 0:
-        raise ArgumentError(f"max_pool2d: padding must be non-negative, but got padding={padding}")
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        # torch's rule: half the kernel size itself, whatever the dilation
-        raise ArgumentError(f"max_pool2d: pad should be smaller than or equal to half of kernel "
-                            f"size, but got padding={padding}, kernel_size={kernel}")
+                            f"dilationH: {dilation[0]} dilationW: {dilation[1]}")
     N, C, H, W = input_shape
     if C == 0 or H == 0 or W == 0:
-        raise ArgumentError(f"max_pool2d: expected input with non-zero channel and spatial "
-                            f"sizes, but got input of size {list(input_shape)}")
+        raise ArgumentError(f"max_pool2d: Expected 3D or 4D (batch mode) tensor with optional 0 "
+                            f"dim batch size for input, but got:{list(input_shape)}")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ArgumentError(f"max_pool2d: pad should be smaller than or equal to half of kernel "
+                            f"size, but got padW = {padding[1]}, padH = {padding[0]}, "
+                            f"kW = {kernel[1]}, kH = {kernel[0]}")
     OH = pool_output_size(H, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
     OW = pool_output_size(W, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
     if OH < 1 or OW < 1:
@@ -191,6 +222,7 @@ def conv2d_flops(input_shape, weight_shape, output_shape) -> int:
     return 2 * N * K * OH * OW * Cg * KH * KW
 
 
-__all__ = ["ArgumentError", "ArgumentTypeError", "DtypeError", "ceil_div", "conv_output_size",
+__all__ = ["ArgumentError", "ArgumentTypeError", "DtypeError", "DtypeNotImplementedError",
+           "ceil_div", "conv_output_size",
            "pool_output_size", "pair", "conv2d_padding", "check_conv2d_kernel", "check_conv2d",
            "max_pool2d_args", "check_max_pool2d", "conv2d_flops"]

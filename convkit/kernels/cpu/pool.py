@@ -9,11 +9,12 @@ that index (-0.0 stays -0.0).
 
 The forward kernel compares integer keys, not floats: the key of a float's bit pattern b is
 ``(b ^ (sign & MAG)) - sign`` (sign = b >> (bits - 1), MAG = 2^(bits-1) - 1), which orders like
-the floats with -0.0 == 0.0, and NaN gets the largest key. Integer selects compile to conditional
-moves; float selects compile to branches on x86, and an arg-max over real data mispredicts about
-every other tap (see ``convkit.runtime.jit``: this kernel is compiled branch-free). Windows fully
-inside the plane
-take an unrolled path for the common 2x2 / 3x3 kernels; border windows clip their taps.
+the floats with -0.0 == 0.0, and NaN gets the largest key. Integer inputs (torch pools them too,
+forward only) are their own keys: MAG = 0 and no sign correction. Integer selects compile to
+conditional moves; float selects compile to branches on x86, and an arg-max over real data
+mispredicts about every other tap (see ``convkit.runtime.jit``: this kernel is compiled
+branch-free). Windows fully inside the plane take an unrolled path for the common 2x2 / 3x3
+kernels; border windows clip their taps.
 
 2x2 windows with stride 2 and no padding or dilation over an even width (SimpleCNN's pools, most
 CNNs' downsampling) take ``_max_pool2d_2x2``: the maximum of each horizontal pair over the whole
@@ -33,15 +34,18 @@ _INT_DTYPE = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
 
 def _key_constants(dtype):
-    """(integer view dtype, sign bit, magnitude mask, bits of +inf, key of -inf) of a float dtype
-    (see ``_max_pool2d_forward``)."""
+    """(integer view dtype, sign bit, magnitude mask, bits of +inf, sign correction, value of an
+    empty window: -inf or the lowest integer) of a dtype (see ``_max_pool2d_forward``)."""
+    if dtype.kind in "iu":  # integers are their own keys, never NaN
+        return dtype, 8 * dtype.itemsize - 1, 0, 0, 0, np.iinfo(dtype).min
     itype = _INT_DTYPE[dtype]
     bits = 8 * dtype.itemsize
-    return (itype, bits - 1, (1 << (bits - 1)) - 1,
-            int(np.array(np.inf, dtype).view(itype)), np.array(-np.inf, dtype).view(itype)[()])
+    return (itype, bits - 1, (1 << (bits - 1)) - 1, int(np.array(np.inf, dtype).view(itype)), 1,
+            np.array(-np.inf, dtype).view(itype)[()])
 
 
-_KEYS = {dtype: _key_constants(dtype) for dtype in _INT_DTYPE}
+_KEYS = {dtype: _key_constants(dtype) for dtype in map(
+    np.dtype, (np.float32, np.float64, np.uint8, np.int8, np.int16, np.int32, np.int64))}
 
 
 @njit(inline="always")
@@ -57,23 +61,25 @@ def _window(o, stride, pad, dil, K, size):
 
 
 @njit(inline="always")
-def _key(bits, shift, mag, inf_bits):
-    """Order key of the float whose bit pattern is ``bits`` (see the module docstring)."""
+def _key(bits, shift, mag, inf_bits, fix):
+    """(order key, is NaN) of the value whose bit pattern is ``bits`` (see the module
+    docstring; ``fix`` is 1 for floats, 0 for integers)."""
     b = np.int64(bits)
     sign = b >> shift
-    return _NAN_KEY if (b & mag) > inf_bits else (b ^ (sign & mag)) - sign
+    nan = (b & mag) > inf_bits
+    return (_NAN_KEY if nan else (b ^ (sign & mag)) + (sign & fix)), nan
 
 
 @njit(inline="always")
-def _argmax(flat, W, h0, nh, dh, w0, nw, dw, shift, mag, inf_bits):
+def _argmax(flat, W, h0, nh, dh, w0, nw, dw, shift, mag, inf_bits, fix):
     """Flat index of the window's maximum, by torch's rule (first max, last NaN)."""
     best_key = np.iinfo(np.int64).min  # below every key: the first tap is always taken
     best = h0 * W + w0
     for i in range(nh):
         for j in range(nw):
             k = (h0 + i * dh) * W + w0 + j * dw
-            key = _key(flat[k], shift, mag, inf_bits)
-            take = (key > best_key) | (key == _NAN_KEY)
+            key, nan = _key(flat[k], shift, mag, inf_bits, fix)
+            take = (key > best_key) | nan
             best = k if take else best
             best_key = key if take else best_key
     return best
@@ -81,8 +87,8 @@ def _argmax(flat, W, h0, nh, dh, w0, nw, dw, shift, mag, inf_bits):
 
 @twin(branchless=True)
 def _max_pool2d_forward(xb, H, W, KH, KW, sh, sw, ph, pw, dil_h, dil_w, yb, indices,
-                        shift, mag, inf_bits, neg_inf):
-    """xb: (N*C, H*W) and yb: (N*C, OH, OW) are integer views of the float input and output."""
+                        shift, mag, inf_bits, fix, neg_inf):
+    """xb: (N*C, H*W) and yb: (N*C, OH, OW) are integer views of the input and output."""
     NC = xb.shape[0]
     OH, OW = yb.shape[1], yb.shape[2]
     # output columns whose KW taps all lie inside the row
@@ -96,7 +102,8 @@ def _max_pool2d_forward(xb, H, W, KH, KW, sh, sw, ph, pw, dil_h, dil_w, yb, indi
             for ow in range(OW):
                 if nh < KH or ow < lo or ow >= hi:  # border window: clip its taps
                     w0, nw = _window(ow, sw, pw, dil_w, KW, W)
-                    k = _argmax(flat, W, h0, nh, dil_h, w0, nw, dil_w, shift, mag, inf_bits)
+                    k = _argmax(flat, W, h0, nh, dil_h, w0, nw, dil_w, shift, mag, inf_bits,
+                                fix)
                     yrow[ow] = flat[k] if nh > 0 and nw > 0 else neg_inf
                     irow[ow] = k
             if nh < KH:
@@ -104,16 +111,18 @@ def _max_pool2d_forward(xb, H, W, KH, KW, sh, sw, ph, pw, dil_h, dil_w, yb, indi
             # interior windows; constant trip counts unroll the common kernels
             if KH == 2 and KW == 2 and dil_h == 1 and dil_w == 1:
                 for ow in range(lo, hi):
-                    k = _argmax(flat, W, h0, 2, 1, ow * sw - pw, 2, 1, shift, mag, inf_bits)
+                    k = _argmax(flat, W, h0, 2, 1, ow * sw - pw, 2, 1, shift, mag, inf_bits,
+                                fix)
                     yrow[ow], irow[ow] = flat[k], k
             elif KH == 3 and KW == 3 and dil_h == 1 and dil_w == 1:
                 for ow in range(lo, hi):
-                    k = _argmax(flat, W, h0, 3, 1, ow * sw - pw, 3, 1, shift, mag, inf_bits)
+                    k = _argmax(flat, W, h0, 3, 1, ow * sw - pw, 3, 1, shift, mag, inf_bits,
+                                fix)
                     yrow[ow], irow[ow] = flat[k], k
             else:
                 for ow in range(lo, hi):
                     k = _argmax(flat, W, h0, KH, dil_h, ow * sw - pw, KW, dil_w, shift, mag,
-                                inf_bits)
+                                inf_bits, fix)
                     yrow[ow], irow[ow] = flat[k], k
 
 
@@ -170,7 +179,8 @@ def _max_pool2d_backward(gy, indices, gx):
 
 
 def max_pool2d_forward(x: np.ndarray, kernel_size, stride, padding, dilation, ceil_mode: bool):
-    """Return (y, indices) for a C-contiguous float x: (N, C, H, W); arguments are (h, w) pairs."""
+    """Return (y, indices) for a C-contiguous float or integer x: (N, C, H, W); arguments are
+    (h, w) pairs."""
     N, C, H, W = x.shape
     OH = pool_output_size(H, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     OW = pool_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
