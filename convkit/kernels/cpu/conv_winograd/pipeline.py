@@ -5,9 +5,9 @@ TH = ceil(OH/m), TW = ceil(OW/m); tile row u = n*TH + th (arrays as in ``tiles``
 ``rows`` consecutive tile rows, nt = rows*TW tiles: its transforms (V, M or Yh: alpha^2 x
 channels x ntmax) are the whole workspace, bounded by ``chunk_rows`` whatever N is. Per chunk:
 
-    forward          V = input tiles (C x rows tasks)
+    forward          V = input tiles (one task per channel)
                      M[t, g] = U[t, g] @ V[t, g]            (alpha^2 * G GEMMs: Kg x nt x Cg)
-                     y = output tiles of M, + bias, ReLU    (K x rows tasks)
+                     y = output tiles of M, + bias, ReLU    (one task per channel)
     backward_weight  V = input tiles, Yh = grad_output tiles
                      dU[t, g] += Yh[t, g] @ V[t, g]^T       (alpha^2 * G GEMMs: Kg x Cg x nt)
 
@@ -36,22 +36,20 @@ _NO_TRANS, _TRANS = 111, 112  # CblasNoTrans, CblasTrans
 def filter_transform(w, m, cs, U):
     """U: (alpha^2, K, Cg) = G w[k, c] G^T for every filter (w: (K, Cg, 3, 3))."""
     K, Cg = w.shape[0], w.shape[1]
-    wf, Uf = w.reshape(w.size), U.reshape(U.size)
     for k in prange(K):
-        wt = np.empty(9 * Cg, w.dtype)
-        tmp = np.empty(3 * (m + 2) * Cg, w.dtype)
-        filter_tiles(wf, k, m, cs, Uf, K, wt, tmp)
+        wt = np.empty((9, Cg), w.dtype)
+        tmp = np.empty((m + 2, 3, Cg), w.dtype)
+        filter_tiles(w, k, m, cs, U, wt, tmp)
 
 
 @twin
 def grad_filter_transform(dU, m, cs, dw):
     """dw: (K, Cg, 3, 3) = G^T dU[:, k, c] G for every filter (dU: (alpha^2, K, Cg))."""
     K, Cg = dw.shape[0], dw.shape[1]
-    dUf, dwf = dU.reshape(dU.size), dw.reshape(dw.size)
     for k in prange(K):
-        tmp = np.empty(3 * (m + 2) * Cg, dw.dtype)
-        wt = np.empty(9 * Cg, dw.dtype)
-        grad_filter_tiles(dUf, k, m, cs, dwf, K, tmp, wt)
+        tmp = np.empty((3, m + 2, Cg), dw.dtype)
+        wt = np.empty((9, Cg), dw.dtype)
+        grad_filter_tiles(dU, k, m, cs, dw, tmp, wt)
 
 
 @twin
@@ -62,31 +60,30 @@ def forward_chunks(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, rows, gemm
     alpha = m + 2
     TH, TW = (OH + m - 1) // m, (OW + m - 1) // m
     Cg, Kg, units, ntmax = C // G, K // G, N * TH, V.shape[2]
-    Vf, Mf = V.reshape(V.size), M.reshape(M.size)
     size = V.itemsize
     one, zero = dtype.type(1), dtype.type(0)
     for u0 in range(0, units, rows):
         nr = min(rows, units - u0)
         nt = nr * TW
-        for task in prange(C * nr):
-            c, r = task // nr, task % nr
-            n, th = (u0 + r) // TH, (u0 + r) % TH
-            pad = np.empty(alpha * (TW * m + 2), x.dtype)
-            tmp = np.empty(alpha * (TW * m + 2), x.dtype)
-            input_row(x, n, c, th * m - ph, pw, m, TW, Vf, C, ntmax, r * TW, pad, tmp)
+        for c in prange(C):
+            zeros = np.zeros(x.shape[3], x.dtype)
+            tmp = np.empty((alpha, TW * m + 2), x.dtype)
+            for r in range(nr):
+                n, th = (u0 + r) // TH, (u0 + r) % TH
+                input_row(x, n, c, th * m - ph, pw, m, TW, V, r * TW, zeros, tmp)
         for task in prange(alpha * alpha * G):
             t, g = task // G, task % G
             cblas_gemm(gemm, _NO_TRANS, _NO_TRANS, Kg, nt, Cg, one,
                        U.ctypes.data + (t * K + g * Kg) * Cg * size, Cg,
                        V.ctypes.data + (t * C + g * Cg) * ntmax * size, ntmax, zero,
                        M.ctypes.data + (t * K + g * Kg) * ntmax * size, ntmax)
-        for task in prange(K * nr):
-            k, r = task // nr, task % nr
-            n, th = (u0 + r) // TH, (u0 + r) % TH
-            tmp = np.empty(alpha * TW * m, x.dtype)
-            out = np.empty(m * TW * m, x.dtype)
+        for k in prange(K):
+            tmp = np.empty((alpha, TW * m), x.dtype)
+            out = np.empty((m, TW * m), x.dtype)
             bk = bias[k] if has_bias else zero
-            output_row(Mf, K, ntmax, k, r * TW, m, TW, y, n, th * m, bk, relu, tmp, out)
+            for r in range(nr):
+                n, th = (u0 + r) // TH, (u0 + r) % TH
+                output_row(M, k, r * TW, m, TW, y, n, th * m, bk, relu, tmp, out)
 
 
 @twin
@@ -97,24 +94,23 @@ def weight_chunks(x, gy, dU, V, Yh, m, ph, pw, G, rows, gemm, dtype):
     alpha = m + 2
     TH, TW = (OH + m - 1) // m, (OW + m - 1) // m
     Cg, Kg, units, ntmax = C // G, K // G, N * TH, V.shape[2]
-    Vf, Yf = V.reshape(V.size), Yh.reshape(Yh.size)
     size = V.itemsize
     one, zero = dtype.type(1), dtype.type(0)
     for u0 in range(0, units, rows):
         nr = min(rows, units - u0)
         nt = nr * TW
-        for task in prange(C * nr):
-            c, r = task // nr, task % nr
-            n, th = (u0 + r) // TH, (u0 + r) % TH
-            pad = np.empty(alpha * (TW * m + 2), x.dtype)
-            tmp = np.empty(alpha * (TW * m + 2), x.dtype)
-            input_row(x, n, c, th * m - ph, pw, m, TW, Vf, C, ntmax, r * TW, pad, tmp)
-        for task in prange(K * nr):
-            k, r = task // nr, task % nr
-            n, th = (u0 + r) // TH, (u0 + r) % TH
-            pad = np.empty(m * TW * m, x.dtype)
-            tmp = np.empty(alpha * TW * m, x.dtype)
-            grad_output_row(gy, n, k, th * m, m, TW, Yf, K, ntmax, r * TW, pad, tmp)
+        for c in prange(C):
+            zeros = np.zeros(x.shape[3], x.dtype)
+            tmp = np.empty((alpha, TW * m + 2), x.dtype)
+            for r in range(nr):
+                n, th = (u0 + r) // TH, (u0 + r) % TH
+                input_row(x, n, c, th * m - ph, pw, m, TW, V, r * TW, zeros, tmp)
+        for k in prange(K):
+            zeros = np.zeros(OW, x.dtype)
+            tmp = np.empty((alpha, TW * m), x.dtype)
+            for r in range(nr):
+                n, th = (u0 + r) // TH, (u0 + r) % TH
+                grad_output_row(gy, n, k, th * m, m, TW, Yh, r * TW, zeros, tmp)
         beta = zero if u0 == 0 else one
         for task in prange(alpha * alpha * G):
             t, g = task // G, task % G
