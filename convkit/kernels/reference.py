@@ -19,6 +19,8 @@ Where the fast versions live (same function names, checked against this file by 
     convkit/kernels/cpu/conv_direct/     direct loop nests, Numba @njit(parallel=True): one
                                          module per loop order, the table in __init__.py
     convkit/kernels/cpu/conv_im2col/     im2col / col2im + GEMM, blocked per core
+    convkit/kernels/cpu/conv_winograd/   Winograd F(2x2,3x3), F(4x4,3x3): the one-tile
+                                         algorithm is ``winograd_tile`` below
     convkit/kernels/cpu/pool.py          max-pool (branch-free arg-max, 2x2 fast path)
     convkit/kernels/cpu/relu.py          ReLU
     convkit/kernels/cuda/                the same files for NVIDIA GPUs (numba.cuda)
@@ -274,6 +276,92 @@ def max_pool2d_backward(grad_output: np.ndarray, indices: np.ndarray, input_shap
     return acc.reshape(N, C, H, W).astype(grad_output.dtype)
 
 
+# Winograd F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+# CVPR 2016), alpha = m + 2 points: (B^T, G, A^T) per output tile size m, from the interpolation
+# points 0, 1, -1 (m = 2) and 0, 1, -1, 2, -2 (m = 4), plus the point at infinity
+WINOGRAD_MATRICES = {
+    2: (np.array([[1, 0, -1, 0],
+                  [0, 1, 1, 0],
+                  [0, -1, 1, 0],
+                  [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0],
+                  [1 / 2, 1 / 2, 1 / 2],
+                  [1 / 2, -1 / 2, 1 / 2],
+                  [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0],
+                  [0, 1, -1, -1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0],
+                  [0, -4, -4, 1, 1, 0],
+                  [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0],
+                  [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0],
+                  [-1 / 6, -1 / 6, -1 / 6],
+                  [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6],
+                  [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0],
+                  [0, 1, -1, 2, -2, 0],
+                  [0, 1, 1, 4, 4, 0],
+                  [0, 1, -1, 8, -8, 1]], np.float64)),
+}
+
+
+def winograd_tile(d: np.ndarray, g: np.ndarray, m: int) -> np.ndarray:
+    """One output tile of a 3x3 correlation by Winograd's minimal filtering F(m x m, 3 x 3):
+
+        Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise; Lavin & Gray, eq. 8)
+
+    d: the (m+2, m+2) input patch, g: the (3, 3) filter, Y: the (m, m) outputs
+    Y[i, j] = sum_{r,s} d[i + r, j + s] g[r, s], with (m+2)^2 multiplies instead of 9 m^2.
+    In float64. Summed over channels, the elementwise product becomes the (m+2)^2 GEMMs the
+    fast kernels run (``convkit.kernels.cpu.conv_winograd``).
+    """
+    BT, G, AT = WINOGRAD_MATRICES[m]
+    U = G @ g @ G.T            # the filter, transformed
+    V = BT @ d @ BT.T          # the input patch, transformed
+    return AT @ (U * V) @ AT.T
+
+
+def conv2d_forward_winograd(x: np.ndarray, w: np.ndarray, b, padding, groups: int,
+                            m: int) -> np.ndarray:
+    """``conv2d_forward`` with stride 1, dilation 1 and a 3x3 filter computed tile by tile with
+    ``winograd_tile``: for each image n, output channel k and m x m output tile at (oh0, ow0),
+
+        y[n, k, oh0:oh0+m, ow0:ow0+m] = b[k] + sum_{c'} winograd_tile(
+            xp[n, g*Cg + c', oh0 : oh0+m+2, ow0 : ow0+m+2], w[k, c'], m)
+
+    where xp is x zero-padded by ``padding`` (and past the last tile), cropped to (OH, OW).
+    Summed in float64 and rounded once: the exact answer of the algorithm the fast kernels
+    run, up to float64 rounding.
+    """
+    N, C, H, W = x.shape
+    K, Cg = w.shape[:2]
+    ph, pw = padding
+    Kg = K // groups
+    OH, OW = conv_output_size(H, 3, 1, ph, 1), conv_output_size(W, 3, 1, pw, 1)
+    TH, TW = -(-OH // m), -(-OW // m)
+    xp = np.zeros((N, C, TH * m + 2, TW * m + 2), np.float64)
+    xp[:, :, ph:ph + H, pw:pw + W] = x  # TH*m + 2 >= OH + 2 = H + 2*ph: x fits
+    y = np.zeros((N, K, TH * m, TW * m), np.float64)
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for th in range(TH):
+                for tw in range(TW):
+                    oh0, ow0 = th * m, tw * m
+                    for c in range(Cg):
+                        y[n, k, oh0:oh0 + m, ow0:ow0 + m] += winograd_tile(
+                            xp[n, g * Cg + c, oh0:oh0 + m + 2, ow0:ow0 + m + 2],
+                            w[k, c].astype(np.float64), m)
+            if b is not None:
+                y[n, k] += float(b[k])
+    return y[:, :, :OH, :OW].astype(x.dtype)
+
+
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
            "conv2d_backward_bias", "relu_forward", "relu_backward", "max_pool2d_forward",
-           "max_pool2d_backward"]
+           "max_pool2d_backward", "winograd_tile", "conv2d_forward_winograd",
+           "WINOGRAD_MATRICES"]
