@@ -8,9 +8,10 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {"Conv2d": "convkit.nn", "ReLU": "convkit.nn", "MaxPool2d": "convkit.nn",
-         "convert": "convkit.nn", "empty_cache": "convkit.runtime.memory"}
+         "convert": "convkit.nn", "conversion_report": "convkit.nn",
+         "use": "convkit.routing", "empty_cache": "convkit.runtime.memory"}
 _SUBMODULES = {"functional", "nn", "autograd", "engine", "kernels", "runtime", "models", "data",
-               "utils", "train"}
+               "utils", "train", "routing"}
 
 
 def __getattr__(name):
@@ -21,5 +22,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'convkit' has no attribute {name!r}")
 
 
-__all__ = ["Conv2d", "MaxPool2d", "ReLU", "convert", "empty_cache", "functional", "nn",
-           "__version__"]
+__all__ = ["Conv2d", "MaxPool2d", "ReLU", "conversion_report", "convert", "empty_cache",
+           "functional", "nn", "use", "__version__"]
