@@ -7,6 +7,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import convkit
 import convkit.functional as CF
+from convkit.engine.algorithm import select_algorithm
 
 D = torch.float64
 
@@ -200,3 +201,18 @@ def test_relu_integer_dtypes_were_refused(dtype):
     y = x.clone()
     CF.relu_(y)
     assert torch.equal(y, F.relu(x))
+
+
+@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
+@pytest.mark.parametrize("w_shape,groups", [((3, 1, 1, 255), 3), ((96, 1, 7, 7), 96),
+                                            ((64, 32, 3, 3), 32)])
+def test_long_depthwise_kernels_ran_im2col(w_shape, groups, pass_name):
+    """PyTorch's test_permute_conv2d_issue_120211 (1x(2r+1) depthwise kernels on 3x1024^2) took
+    10x torch's time: auto unfolded every tap for a GEMM of one row. Auto now runs direct for
+    K/groups <= 2 (benchmarks/long_kernels.py measures it against torch)."""
+    C = w_shape[1] * groups
+    assert select_algorithm((1, C, 64, 300), w_shape, (1, 1), (0, 0), (1, 1), groups,
+                            pass_name=pass_name) == "direct"
+    # a group of 8 output channels keeps the GEMM (measured faster there)
+    assert select_algorithm((8, 64, 56, 56), (64, 8, 3, 3), (1, 1), (1, 1), (1, 1), 8,
+                            pass_name=pass_name) == "im2col"

@@ -9,7 +9,8 @@ each has its own measure of how much work one output element gets:
     backward_weight   K/groups * C/groups       (the channel pairs one tap's gradient couples)
 
 Under DIRECT_MAX_REDUCTION the direct loop nest wins (conv1 with one input channel, depthwise,
-3-channel image stems forward); above it, im2col + GEMM does. Tiny problems (under SMALL_MACS
+3-channel image stems forward); above it, im2col + GEMM does, unless the GEMM would have at most
+DIRECT_MAX_GEMM_ROWS rows (K/groups: a depthwise conv with a large kernel, say). Tiny problems (under SMALL_MACS
 multiply-adds) run direct: no unfold and no BLAS call to pay for. Measured on the benchmark
 shapes (benchmarks/results/cpu-amd-epyc/full.md), this rule picks the faster kernel in every row
 where the two differ by more than 10 %.
@@ -44,6 +45,12 @@ from convkit.kernels.shapes import ArgumentError, conv_output_size
 SMALL_MACS = 1 << 18
 # reduction length (see the module docstring) under which the direct kernel is chosen
 DIRECT_MAX_REDUCTION = 32
+# output channels of a group (K/groups) up to which forward and backward_input run direct
+# whatever the reduction: im2col's GEMM is then one or two rows (forward) or an outer product of
+# rank one or two (backward_input), so unfolding (folding) every tap of every pixel costs more
+# than the arithmetic (depthwise 7x7 forward 0.05x im2col's time, backward_input 0.2x; depthwise
+# 1x255 on 3x512^2 0.09x, both passes; K/groups = C/groups = 4 ties, 8 favours im2col, measured)
+DIRECT_MAX_GEMM_ROWS = 2
 
 # Winograd where it wins (see winograd_wins); placeholders until measured
 WINOGRAD_MIN_CHANNELS = 32
@@ -106,7 +113,8 @@ def rule(pass_name: str, weight_shape, groups: int, macs: int, conf=None, out_hw
     Kg = K // groups
     reduction = {"forward": Cg * KH * KW, "backward_input": Kg * KH * KW,
                  "backward_weight": Kg * Cg}[pass_name]
-    if reduction < DIRECT_MAX_REDUCTION:
+    if reduction < DIRECT_MAX_REDUCTION or (pass_name != "backward_weight"
+                                            and Kg <= DIRECT_MAX_GEMM_ROWS):
         return "direct"
     if (device_type == "cpu" and conf is not None and out_hw is not None
             and winograd_qualifies(weight_shape, conf[0], conf[2])
