@@ -71,6 +71,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "times show the full JIT compile a new install pays once")
     p.add_argument("--min-time", type=float, help="seconds of timed repetitions per row")
     p.add_argument("--reps", type=int, help="minimum timed repetitions per row")
+    p.add_argument("--model", metavar="MODULE:CALLABLE",
+                   help="benchmark a whole model instead of the shape table: a callable that "
+                        "builds an nn.Module (torchvision:resnet18, my_models.py:build); it is "
+                        "converted, checked against torch, timed forward and forward+backward, "
+                        "layer by layer too (see convkit.bench.model)")
+    p.add_argument("--input-shape", metavar="C,H,W", help="--model's input, one image "
+                   "(default 3,224,224)")
+    p.add_argument("--batch", type=int, default=2, help="--model's batch size (default 2)")
+    p.add_argument("--no-functional", dest="functional", action="store_false",
+                   help="--model: convert modules only, leave F.relu & co. in forward on torch")
     return p
 
 
@@ -105,6 +115,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             env = dict(os.environ, NUMBA_CACHE_DIR=cache, **{_COLD_ENV: "1"})
             return subprocess.run([sys.executable, "-m", "convkit.bench", *argv],
                                   env=env).returncode
+    if args.model:
+        from convkit.bench.model import run_model
+        return run_model(args, command)
     if args.from_json:
         with open(args.from_json) as f:
             return _write(args, json.load(f))
