@@ -6,6 +6,7 @@
     convkit train --compare                  # convkit and torch from the same seed, side by side
     convkit bench --quick                    # kernel benchmarks (see convkit.bench)
     convkit gpu-report --arch sm_90 --out DIR  # CUDA kernels' machine code, no GPU needed
+    convkit warm-cache                       # compile every CPU kernel into Numba's cache
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from convkit import gpu_report
+from convkit import gpu_report, precompile
 from convkit.bench import cli as bench_cli
 from convkit.data import EMBEDDED
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convkit", description="convkit: train the tutorial's SimpleCNN on convkit's "
         "kernels, or benchmark the kernels against torch.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,bench,gpu-report}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,bench,gpu-report,warm-cache}")
     sub.required = True
     t = sub.add_parser("train", help="train the tutorial's SimpleCNN on MNIST-format data",
                        description="Train SimpleCNN (conv-relu-pool x2, fc-relu-dropout-fc) with "
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         "gpu-report", help="compile every CUDA kernel for sm_90/sm_80 and judge its machine "
         "code, no GPU needed (see 'convkit gpu-report --help')",
         description=gpu_report.DESCRIPTION))
+    precompile.add_arguments(sub.add_parser(
+        "warm-cache", help="compile every CPU kernel signature ahead of time into Numba's cache "
+        "(see 'convkit warm-cache --help')", description=precompile.DESCRIPTION))
     return parser
 
 
@@ -251,6 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gpu-report":
         return gpu_report.run(args)
+    if args.command == "warm-cache":
+        return precompile.run(args)
     if args.command == "bench":
         # its own arguments go along: the report records them, a --cold-jit child reruns them
         return bench_cli.run(args, argv[argv.index("bench") + 1:])

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import llvmlite.binding as ll
 import numba
@@ -12,6 +13,7 @@ import pytest
 
 from convkit.kernels import cpu as K
 from convkit.kernels.cpu import conv_im2col
+from convkit.kernels.cpu.conv_im2col import cblas_workers
 from convkit.kernels.cpu.isa_specs import kernel_specs
 from convkit.runtime import isa
 from convkit.runtime.jit import Twin
@@ -123,6 +125,20 @@ def _call_every_wrapper(dtype):
                                 pipeline="numpy")
         conv_im2col.backward_input(y, w, x.shape, stride, p1, d1, 1, pipeline="numpy")
         conv_im2col.backward_weight(x, y, w.shape, stride, p1, d1, 1, pipeline="numpy")
+    # im2col's cblas pipeline, where numpy's BLAS has it: plain (P >= 128, stride 2), row-shift
+    # (stride 1, Cg*KW >= 32) and multi-image (P < 128) passes, as a team of two workers (one
+    # image a block: these small problems would otherwise run one worker alone)
+    if cblas_workers.available(dtype):
+        one = lambda *args: 1  # noqa: E731
+        with mock.patch.multiple(cblas_workers, block_images=one, weight_block_images=one,
+                                 multi_images=one), \
+                mock.patch.object(cblas_workers.blas, "workers", lambda flops: 2):
+            for C, H, stride in [(4, 24, s2), (16, 12, s1), (4, 10, s1)]:
+                x, w = a(2, C, H, H), a(8, C, 3, 3)
+                out_hw = ((H - 1) // stride[0] + 1,) * 2
+                y = cblas_workers.forward(x, w, a(8), stride, p1, d1, 1, out_hw, True)
+                cblas_workers.backward_input(y, w, x.shape, stride, p1, d1, 1)
+                cblas_workers.backward_weight(x, y, w.shape, stride, p1, d1, 1)
     x = a(2, 8, 10, 10)
     for kernel, stride, padding in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1))]:
         y, idx = K.max_pool2d_forward(x, kernel, stride, padding, (1, 1), False)
@@ -173,7 +189,8 @@ def test_host_lists_every_kernel_with_fma_and_no_zmm(tmp_path):
     assert sorted(table) == sorted(NAMES)
     kernels = {name: kernel for name, kernel, _ in kernel_specs("float32")}
     for name, records in table.items():
-        twins = {"parallel", "serial"} if isinstance(kernels[name], Twin) else {"serial"}
+        twins = ({"parallel", "serial"} if isinstance(kernels[name], Twin)
+                 else {"parallel" if kernels[name].targetoptions.get("parallel") else "serial"})
         assert {(r["dtype"], r["twin"]) for r in records} == {("float32", t) for t in twins}
         for r in records:
             if name in FMA_KERNELS:

@@ -9,7 +9,8 @@ not this process's addresses, so Numba's cache can keep it (compiling the three 
 every process start).
 
 Importing this module compiles (or loads) the cfuncs and binds ``convkit_gomp_team_member``, so
-only ``openmp.install`` imports it.
+only ``openmp.install`` imports it, after binding the libgomp symbols (LLVM aborts the
+process on an unbound one).
 """
 import llvmlite.binding as llvm
 import numpy as np

@@ -117,10 +117,11 @@ def configuration(cpu: Optional[str] = None, features: Optional[str] = None,
             else chosen}
 
 
-def _compile(kernel, args):
-    """[(twin, dispatcher, signature)] of ``kernel`` compiled (not run) for ``args``: both twins
-    of a ``Twin`` (branch-free ones through their own compile, as their first call does), or the
-    one dispatcher of a plain ``@njit`` kernel."""
+def compile_kernel(kernel, args):
+    """[(twin, dispatcher, signature)] of ``kernel`` compiled (not run) for ``args``, or loaded
+    from Numba's cache: both twins of a ``Twin`` (branch-free ones through their own compile, as
+    their first call does), or the one dispatcher of a plain ``@njit`` kernel ("parallel" for a
+    ``parallel=True`` one)."""
     import numba
 
     from convkit.runtime.jit import Twin
@@ -131,7 +132,7 @@ def _compile(kernel, args):
         if getattr(kernel, "_branchless", False):  # its LLVM options, as its first call sets
             kernel._compile(args)
     else:
-        pairs = [("serial", kernel)]
+        pairs = [("parallel" if kernel.targetoptions.get("parallel") else "serial", kernel)]
     for _, dispatcher in pairs:
         if signature not in dispatcher.signatures:
             dispatcher.compile(signature)
@@ -154,7 +155,7 @@ def inspect_kernels(specs_for: Callable[[str], list], dtypes: Sequence[str] = DT
         for name, kernel, args in specs:
             if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
                 continue
-            for which, dispatcher, signature in _compile(kernel, args):
+            for which, dispatcher, signature in compile_kernel(kernel, args):
                 counts = count_instructions(dispatcher.inspect_asm(signature))
                 records.append({"kernel": name, "dtype": dtype, "twin": which,
                                 "signature": str(signature), **counts,

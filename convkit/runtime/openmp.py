@@ -20,7 +20,7 @@ parallel kernel runs.
 This module does not import torch: the engine (``convkit.engine.cpu``) names torch's libgomp
 (:func:`find_openmp_runtime`) when torch's parallel backend is OpenMP, and ``convkit.runtime.setup``
 installs it on the first parallel kernel launch. CONVKIT_OPENMP=0 turns it off. The cfuncs
-(``convkit.runtime.gomp_team``) reach libgomp through symbols bound here, so Numba caches them.
+(``convkit.runtime._gomp_team``) reach libgomp through symbols bound here, so Numba caches them.
 """
 from __future__ import annotations
 
@@ -84,13 +84,13 @@ def install(path: Optional[str]) -> bool:
 
 
 def _build(gomp_parallel, thread_num, num_threads):
-    """The two cfuncs (``convkit.runtime.gomp_team``), bound to this libgomp's functions."""
+    """The two cfuncs (``convkit.runtime._gomp_team``), bound to this libgomp's functions."""
     import llvmlite.binding as llvm
 
     for name, fn in (("convkit_GOMP_parallel", gomp_parallel),
                      ("convkit_omp_get_thread_num", thread_num),
                      ("convkit_omp_get_num_threads", num_threads)):
         llvm.add_symbol(name, ctypes.cast(fn, ctypes.c_void_p).value)
-    from convkit.runtime import gomp_team
+    from convkit.runtime import _gomp_team as gomp_team
 
     return gomp_team.parallel_for, gomp_team.get_thread_id

@@ -10,7 +10,7 @@ signatures, so a wrapper that changes its argument types fails there. Run as a m
 """
 import numpy as np
 
-from convkit.kernels.cpu import pool, relu
+from convkit.kernels.cpu import conv_common, pool, relu
 from convkit.kernels.cpu.conv_common import bias_operand, group_channels_last
 from convkit.kernels.cpu.conv_direct import (
     backward_input_cinner,
@@ -23,7 +23,7 @@ from convkit.kernels.cpu.conv_direct import (
     forward_plane,
     forward_shifted,
 )
-from convkit.kernels.cpu.conv_im2col import unfold
+from convkit.kernels.cpu.conv_im2col import cblas_workers, unfold
 
 # the example problem: N, C, H, W, K, 3x3 filter, stride 1, padding 1, one group
 N, C, H, W, K, KH, KW = 2, 8, 10, 10, 8, 3, 3
@@ -65,6 +65,9 @@ def kernel_specs(dtype) -> list:
         ("conv_direct.backward_weight_plane", backward_weight_plane._backward_weight_plane,
          (x, y, *conv, GROUPS, w)),
         ("conv_direct.backward_bias", bias._backward_bias, (y, np.zeros(K, dt))),
+        # conv_common.transposed_filter (direct backward-input as a forward conv)
+        ("conv_common.transposed_filter", conv_common._transpose_filter,
+         (np.ascontiguousarray(w), GROUPS, np.zeros((C, K // GROUPS, KH, KW), dt))),
         # conv_im2col/numpy_matmul.py and cblas_workers.py (where they are called from compiled
         # code, the scalars are int64 elements of the argument block, as here)
         ("conv_im2col.im2col", unfold.im2col,
@@ -77,6 +80,10 @@ def kernel_specs(dtype) -> list:
          (y.reshape(N, K, P), b, has_bias, False, 0, N)),
         ("conv_im2col.nchw_to_kp", unfold.nchw_to_kp,
          (y.reshape(N, K, P), 0, N, np.zeros((K, N * P), dt))),
+        # conv_im2col/cblas_workers._run: each pass's team of T workers (compiling a team
+        # compiles its worker, which T == 1 calls alone)
+        *((f"conv_im2col.cblas_{name}", team, (np.zeros(cblas_workers.NARGS, np.int64), dt, 2))
+          for name, (_, team) in cblas_workers._PASSES.items()),
         # pool.max_pool2d_forward (general and 2x2 paths) / max_pool2d_backward
         ("pool.max_pool2d_forward", pool._max_pool2d_forward,
          (x.reshape(N * C, H * W).view(itype), H, W, 3, 3, 2, 2, 1, 1, 1, 1,
