@@ -64,6 +64,61 @@ def test_a_wrong_forward_fails_parity_with_the_difference():
         report.raise_if_failed()
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``s``."""
+
+    @staticmethod
+    def forward(ctx, w, s):
+        ctx.s = s
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.s, None
+
+
+class _WeightGradientOff(convkit.nn.Conv2d):
+    """convkit's Conv2d whose weight gradient is ``s`` times the true one."""
+
+    s = 1.0
+
+    def forward(self, x):
+        w = _ScaleGradient.apply(self.weight, self.s)
+        return convkit.functional.conv2d(x, w, self.bias, padding=self.padding)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_a_weight_gradient_5_percent_off_fails_parity_in_every_dtype(dtype):
+    # float16/bfloat16 are judged against the float32 computation rounded once (gradients used
+    # to get 10x a loose reduced-precision tolerance: x1.05 passed in float16, x1.3 in bfloat16)
+    torch.manual_seed(0)
+    ref = nn.Conv2d(3, 4, 3, padding=1)
+    mine = _WeightGradientOff(3, 4, 3, padding=1)
+    mine.load_state_dict(ref.state_dict())
+    kwargs = dict(dtypes=[dtype], gradcheck=False, gradgradcheck=False, opcheck=False)
+    assert testing.check(mine, ref, [(2, 3, 8, 8)], **kwargs).ok
+    mine.s = 1.05
+    report = testing.check(mine, ref, [(2, 3, 8, 8)], **kwargs)
+    assert [r.check for r in report.failures] == ["parity"]
+    assert report.failures[0].message.startswith("grad of weight")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_model_passes_against_the_float32_computation(dtype):
+    mine, ref = small_pair()
+    report = testing.check(mine, ref, shapes=[(2, 2, 5, 6), (1, 2, 4, 4)], dtypes=[dtype],
+                           gradcheck=False, gradgradcheck=False, opcheck=False)
+    assert report.ok, str(report)
+    x = torch.randn(2, 3, 8, 8)
+    w = torch.randn(4, 3, 3, 3)
+    y = convkit.functional.conv2d(x.to(dtype), w.to(dtype))
+    testing.assert_close_rounded(y, torch.nn.functional.conv2d(x.to(dtype).float(),
+                                                               w.to(dtype).float()))
+    with pytest.raises(AssertionError, match="rounded once"):
+        testing.assert_close_rounded(y * 1.05, torch.nn.functional.conv2d(
+            x.to(dtype).float(), w.to(dtype).float()))
+
+
 class WrongGradient(torch.autograd.Function):
     """relu whose backward forgets the mask: forward right, gradient wrong."""
 
