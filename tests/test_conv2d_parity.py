@@ -285,11 +285,29 @@ def test_conv2d_im2col_weight_gradient_is_deterministic(monkeypatch, dtype, pipe
                                atol=1e-4 if dtype == torch.float32 else 1e-10, rtol=1e-5)
 
 
-def test_conv2d_output_shares_memory_with_kernel_result():
-    # the autograd layer wraps the kernel's numpy result without a copy
-    x = torch.randn(1, 1, 5, 5)
-    y = CF.conv2d(x, torch.randn(1, 1, 3, 3), algorithm="direct")
-    assert y.is_contiguous() and y.numpy().flags["OWNDATA"] is False or y.numpy().base is not None
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_conv2d_output_shares_memory_with_kernel_result(monkeypatch, requires_grad):
+    # the layers above the kernel (engine, autograd) wrap its numpy result without a copy:
+    # the output tensor's data is the very buffer the kernel returned
+    from convkit.engine.cpu import CPU_ENGINE
+
+    results = []
+    kernel = CPU_ENGINE._conv_kernels["forward"]
+
+    def recording_kernel(*args, **kwargs):
+        results.append(kernel(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setitem(CPU_ENGINE._conv_kernels, "forward", recording_kernel)
+    x = torch.randn(2, 3, 5, 5, requires_grad=requires_grad)
+    w = torch.randn(4, 3, 3, 3, requires_grad=requires_grad)
+    y = CF.conv2d(x, w, algorithm="direct")
+    assert len(results) == 1 and isinstance(results[0], np.ndarray)
+    out = results[0]
+    assert y.data_ptr() == out.ctypes.data
+    assert tuple(y.shape) == out.shape
+    assert tuple(s * y.element_size() for s in y.stride()) == out.strides
+    assert np.shares_memory(y.detach().numpy(), out)
 
 
 # (x shape, w shape, padding, dilation, groups, takes the forward pipeline)
