@@ -122,4 +122,4 @@ def test_torchvision_model(tmp_path):
                      "--batch", "1", "--quick", "--min-time", "0.01", "--reps", "2", "--json",
                      str(path)]) == 0
     result = json.loads(path.read_text())
-    assert len(result["layers"]) == 20 + 17 + 1  # convs, ReLU modules (one per block), pool
+    assert len(result["layers"]) == 20 + 9 + 1  # convs, ReLU modules (one per block + stem), pool

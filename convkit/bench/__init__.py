@@ -20,6 +20,7 @@ One job per module:
 - ``harness``: validate before timing, the timer, the statistics of a row;
 - ``machine``: the environment a run records (also ``convkit train``'s) and the SGEMM / copy roofs;
 - ``runner``: one run over the selected shapes and ops;
+- ``model``: ``--model module:callable``, a user's whole model (checked, timed, per layer);
 - ``report``: terminal and markdown tables, speed targets, PNG, JSON, the README section;
 - ``cli``: the options and ``main`` (``python -m convkit.bench``, ``convkit bench``).
 """
