@@ -41,8 +41,15 @@ def _outcome(fn):
 
 
 def _same_outcome(ref, got, desc):
+    """Both computed (True), or both raised (False): convkit an exception of torch's type whose
+    message contains torch's (convkit may add detail after it)."""
     rerr, gerr = ref[1], got[1]
     assert (rerr is None) == (gerr is None), f"{desc}: torch raised {rerr!r}, convkit {gerr!r}"
+    if rerr is not None:
+        assert isinstance(gerr, type(rerr)), \
+            f"{desc}: torch raised {type(rerr).__name__}, convkit {type(gerr).__name__}: {gerr}"
+        assert str(rerr) in str(gerr), \
+            f"{desc}: convkit's message {str(gerr)!r} does not contain torch's {str(rerr)!r}"
     return rerr is None
 
 
