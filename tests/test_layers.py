@@ -1,4 +1,4 @@
-"""The package layout's rules (README, "Layers"): layers only point down, kernels and runtime are
+"""The package layout's rules (docs/architecture.md): layers only point down, kernels and runtime are
 torch-free, no import cycles, no module over ~700 lines."""
 import ast
 import pathlib

@@ -1,6 +1,6 @@
 """convkit.testing: the one-call check passes on convkit's layers and reports each kind of
 failure it exists to catch (wrong values, wrong gradients, a broken op registration); the pytest
-helpers; and the README's "PyTorch integration" examples, run as written."""
+helpers; and docs/pytorch-integration.md's examples, run as written."""
 import copy
 import re
 from pathlib import Path
@@ -13,7 +13,7 @@ import convkit
 from convkit import testing
 from convkit.testing import convkit_check  # noqa: F401  (the fixture, for the test below)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+INTEGRATION = Path(__file__).resolve().parents[1] / "docs" / "pytorch-integration.md"
 
 
 def small_pair():
@@ -187,10 +187,7 @@ def test_fixture_runs_check_and_returns_the_report(convkit_check):  # noqa: F811
 
 
 def readme_examples():
-    text = README.read_text()
-    section = text[text.index("## PyTorch integration"):]
-    section = section[:section.index("\n## ", 1)]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return re.findall(r"```python\n(.*?)```", INTEGRATION.read_text(), re.S)
 
 
 def test_readme_pytorch_integration_examples_run(capsys):
@@ -201,5 +198,5 @@ def test_readme_pytorch_integration_examples_run(capsys):
     torch._dynamo.reset()
     namespace = {}
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
+        exec(compile(block, str(INTEGRATION), "exec"), namespace)
     assert "0 failed" in capsys.readouterr().out
