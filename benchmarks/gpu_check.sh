@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One-shot check of convkit's CUDA engine on a real GPU (issue 13, item 4), under 8 minutes on an
-# H100. Needs a CUDA build of torch and numba-cuda[cu12] (pip install -e ".[cuda,test,gpu-tools]").
+# One-shot check of convkit's CUDA engine on a real GPU, under 8 minutes on an H100. Runs from the
+# source tree and installs nothing: it needs a Python (python3, or $PYTHON) with a CUDA build of
+# torch (2.11 or newer), numba-cuda (for whatever CUDA the machine has: 12 or 13) and pytest, as
+# the GPU images carry them; convkit itself is found through PYTHONPATH.
 #
 #   bash benchmarks/gpu_check.sh            # tests, gpu-report, benchmarks vs cuDNN, goals
 #   bash benchmarks/gpu_check.sh --quick    # the quick benchmark subset (SimpleCNN shapes)
@@ -14,9 +16,12 @@
 #      column runs with torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32
 #      = False (fair fp32), a `torch-tf32` column with TF32 on
 #   5. benchmarks/cuda_gemm.py: the GEMM vs cuBLAS (TF32 off) and the launch cost per op
-#   6. the goals of issue 13, judged from 4 and 5, printed and written to goals.md
+#   6. the CUDA engine's goals, judged from 4 and 5, printed and written to goals.md
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # convkit from this tree, not installed
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+python() { "$PYTHON" "$@"; }  # for the inline scripts; steps name "$PYTHON" (timeout runs them)
 
 QUICK=""
 COMMIT=0
@@ -92,16 +97,16 @@ step() {
   ORDER+=("$name")
 }
 
-step tests_cuda_gpu 120 python -m pytest -q -p no:cacheprovider tests/test_cuda_gpu.py
+step tests_cuda_gpu 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda_gpu.py
 step tests_sim_on_gpu 80 env CONVKIT_SIM_TESTS_ON_GPU=1 \
-  python -m pytest -q -p no:cacheprovider tests/test_cuda_sim.py
-step gpu_report 60 python -m convkit gpu-report --arch sm_90 --out "$OUT/gpu-report"
-step bench 170 python -m convkit.bench --device cuda $QUICK --min-time 0.2 \
+  "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda_sim.py
+step gpu_report 60 "$PYTHON" -m convkit gpu-report --arch sm_90 --out "$OUT/gpu-report"
+step bench 170 "$PYTHON" -m convkit.bench --device cuda $QUICK --min-time 0.2 \
   --report benchmarks/results --json "$OUT/bench.json"
-step gemm_and_launch 40 python benchmarks/cuda_gemm.py --size 4096 --reps 10
+step gemm_and_launch 40 "$PYTHON" benchmarks/cuda_gemm.py --size 4096 --reps 10
 
 echo
-echo "== goals (issue 13) =="
+echo "== goals =="
 python - "$OUT" <<'EOF' | tee "$OUT/goals.md"
 import json, os, re, sys
 
