@@ -37,6 +37,15 @@ from convkit.runtime.memory import empty
 # bytes of one chunk's transforms (V and M, or V and Yh): a chunk's tiles go through three
 # passes (transform, GEMMs, inverse transform), so they should stay in the cache in between
 WORKSPACE_BYTES = 4 << 20
+# chunks per worker from which whole chunks are shared out (``pipeline.forward_workers``: no
+# barrier between a chunk's phases, which costs a time slice each on a busy machine) instead of
+# all workers sharing each chunk's phases (``pipeline.forward_chunks``). Same bits either way
+CHUNKS_PER_WORKER = 2
+# the weight gradient's partial sums (``weight_partials``): as many as workers on the machines
+# convkit is measured on (2-16 cores: 4 keeps 2 workers balanced), within 64 MB (ResNet's
+# 512 x 512 filter transformed by F(4,3) is 38 MB: it keeps one sum and the phase-parallel loop)
+WEIGHT_PARTIALS = 4
+PARTIALS_BYTES = 64 << 20
 # tiles (GEMM columns) a chunk has at least, even past WORKSPACE_BYTES: OpenBLAS runs far below
 # its peak on a few dozen columns (conv_im2col.cblas_workers.MULTI_MAX_P has the measurements)
 MIN_TILES = 64
@@ -58,6 +67,14 @@ def chunk_rows(units, TW, alpha, channels, itemsize) -> int:
     transforms per tile), at least MIN_TILES tiles, at most all ``units``."""
     per_row = alpha * alpha * channels * TW * itemsize
     return max(1, min(units, max(-(-MIN_TILES // TW), WORKSPACE_BYTES // per_row)))
+
+
+def weight_partials(nchunks, partial_bytes) -> int:
+    """Partial sums of the weight gradient's transformed filter (``pipeline.weight_workers``):
+    up to WEIGHT_PARTIALS, one per chunk at most, within PARTIALS_BYTES; 1 runs
+    ``pipeline.weight_chunks`` instead (all workers on each chunk, one sum in place). A
+    function of the shape only: the summation order must not depend on the thread count."""
+    return max(1, min(WEIGHT_PARTIALS, nchunks, PARTIALS_BYTES // max(1, partial_bytes)))
 
 
 def _check(dtype, tile):
@@ -101,15 +118,21 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False, tile
     x = np.ascontiguousarray(x)
     U = transformed_filter(w, m)
     rows, ntmax = _plan(N, C, K, out_hw, m, x.itemsize)
+    nchunks = -(-N * -(-out_hw[0] // m) // rows)
     A2 = (m + 2) ** 2
-    V = memory.scratch("winograd_v", A2 * C * ntmax, x.dtype).reshape(A2, C, ntmax)
-    M = memory.scratch("winograd_m", A2 * K * ntmax, x.dtype).reshape(A2, K, ntmax)
-    bias, has_bias = bias_operand(None if b is None else np.ascontiguousarray(b), x.dtype)
     work = N * K * out_hw[0] * out_hw[1] * (C // groups)
+    T = blas.workers(2 * work)
+    slots = T if nchunks >= CHUNKS_PER_WORKER * T else 1
+    V = memory.scratch("winograd_v", slots * A2 * C * ntmax, x.dtype).reshape(slots, A2, C, ntmax)
+    M = memory.scratch("winograd_m", slots * A2 * K * ntmax, x.dtype).reshape(slots, A2, K, ntmax)
+    bias, has_bias = bias_operand(None if b is None else np.ascontiguousarray(b), x.dtype)
+    args = (x, U, bias, has_bias, bool(relu), y)
+    conf = (m, padding[0], padding[1], groups, rows, blas.gemm_address(x.dtype.char), x.dtype)
     with blas.single_threaded():
-        pipeline.forward_chunks(work, x, U, bias, has_bias, bool(relu), y, V, M, m, padding[0],
-                                padding[1], groups, rows, blas.gemm_address(x.dtype.char),
-                                x.dtype)
+        if slots > 1:
+            pipeline.forward_workers(work, *args, V, M, *conf, np.zeros(2, np.int64))
+        else:
+            pipeline.forward_chunks(work, *args, V[0], M[0], *conf)
     return y
 
 
@@ -138,14 +161,23 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups, tile
         return dw
     x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy)
     rows, ntmax = _plan(N, C, K, out_hw, m, x.itemsize)
+    nchunks = -(-N * -(-out_hw[0] // m) // rows)
     A2 = (m + 2) ** 2
-    V = memory.scratch("winograd_v", A2 * C * ntmax, x.dtype).reshape(A2, C, ntmax)
-    Yh = memory.scratch("winograd_m", A2 * K * ntmax, x.dtype).reshape(A2, K, ntmax)
-    dU = memory.scratch("winograd_u", A2 * K * Cg, x.dtype).reshape(A2, K, Cg)
+    S = weight_partials(nchunks, A2 * K * Cg * x.itemsize)
     work = N * K * out_hw[0] * out_hw[1] * Cg
+    slots = min(S, blas.workers(2 * work)) if S > 1 else 1
+    V = memory.scratch("winograd_v", slots * A2 * C * ntmax, x.dtype).reshape(slots, A2, C, ntmax)
+    Yh = memory.scratch("winograd_m", slots * A2 * K * ntmax, x.dtype).reshape(slots, A2, K, ntmax)
+    dU = memory.scratch("winograd_u", S * A2 * K * Cg, x.dtype).reshape(S, A2, K, Cg)
+    conf = (m, padding[0], padding[1], groups, rows, blas.gemm_address(x.dtype.char), x.dtype)
     with blas.single_threaded():
-        pipeline.weight_chunks(work, x, gy, dU, V, Yh, m, padding[0], padding[1], groups, rows,
-                               blas.gemm_address(x.dtype.char), x.dtype)
+        if S > 1:
+            pipeline.weight_workers(work, x, gy, dU, V, Yh, *conf, np.zeros(2, np.int64))
+            for p in range(1, S):  # in partial order: the same bits for any number of workers
+                dU[0] += dU[p]
+        else:
+            pipeline.weight_chunks(work, x, gy, dU[0], V[0], Yh[0], *conf)
+    dU = dU[0]
     pipeline.grad_filter_transform(dw.size * (m + 2) * 4, dU, m, constants(x.dtype), dw)
     return dw
 

@@ -17,9 +17,9 @@ GEMMs are numpy's OpenBLAS ``cblas_?gemm`` called by address (as in ``conv_im2co
 parallel loop.
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from convkit.kernels.cpu._native import cblas_gemm
+from convkit.kernels.cpu._native import cblas_gemm, fetch_add
 from convkit.kernels.cpu.conv_winograd.tiles import (
     filter_tiles,
     grad_filter_tiles,
@@ -86,6 +86,56 @@ def forward_chunks(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, rows, gemm
                 output_row(M, k, r * TW, m, TW, y, n, th * m, bk, relu, tmp, out)
 
 
+@njit(inline="always")
+def _forward_chunk(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, u0, nr, gemm, dtype):
+    """Tile rows u0 .. u0 + nr - 1 of ``forward_chunks``, on one thread."""
+    N, C = x.shape[0], x.shape[1]
+    K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    alpha = m + 2
+    TH, TW = (OH + m - 1) // m, (OW + m - 1) // m
+    Cg, Kg, ntmax = C // G, K // G, V.shape[2]
+    size = V.itemsize
+    one, zero = dtype.type(1), dtype.type(0)
+    zeros = np.zeros(x.shape[3], x.dtype)
+    tmp = np.empty((alpha, TW * m + 2), x.dtype)
+    for c in range(C):
+        for r in range(nr):
+            n, th = (u0 + r) // TH, (u0 + r) % TH
+            input_row(x, n, c, th * m - ph, pw, m, TW, V, r * TW, zeros, tmp)
+    for t in range(alpha * alpha):
+        for g in range(G):
+            cblas_gemm(gemm, _NO_TRANS, _NO_TRANS, Kg, nr * TW, Cg, one,
+                       U.ctypes.data + (t * K + g * Kg) * Cg * size, Cg,
+                       V.ctypes.data + (t * C + g * Cg) * ntmax * size, ntmax, zero,
+                       M.ctypes.data + (t * K + g * Kg) * ntmax * size, ntmax)
+    out = np.empty((m, TW * m), x.dtype)
+    for k in range(K):
+        bk = bias[k] if has_bias else zero
+        for r in range(nr):
+            n, th = (u0 + r) // TH, (u0 + r) % TH
+            output_row(M, k, r * TW, m, TW, y, n, th * m, bk, relu, tmp, out)
+
+
+@twin
+def forward_workers(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, rows, gemm, dtype,
+                    counters):
+    """``forward_chunks`` with whole chunks shared out: V.shape[0] workers each take the next
+    chunk (counters[0]) and run its three phases alone, in their own V[slot], M[slot]
+    (counters[1]): no barrier between phases, the chunk stays in one core's cache. The same
+    GEMM calls and transforms as ``forward_chunks``, so the same bits."""
+    units = x.shape[0] * ((y.shape[2] + m - 1) // m)
+    nchunks = (units + rows - 1) // rows
+    for _ in prange(V.shape[0]):
+        slot = fetch_add(counters, 1)
+        while True:
+            chunk = fetch_add(counters, 0)
+            if chunk >= nchunks:
+                break
+            u0 = chunk * rows
+            _forward_chunk(x, U, bias, has_bias, relu, y, V[slot], M[slot], m, ph, pw, G, u0,
+                           min(rows, units - u0), gemm, dtype)
+
+
 @twin
 def weight_chunks(x, gy, dU, V, Yh, m, ph, pw, G, rows, gemm, dtype):
     """dU: (alpha^2, K, Cg) = sum over tiles of (A gy A^T) * (B^T x B), chunk by chunk."""
@@ -118,3 +168,54 @@ def weight_chunks(x, gy, dU, V, Yh, m, ph, pw, G, rows, gemm, dtype):
                        Yh.ctypes.data + (t * K + g * Kg) * ntmax * size, ntmax,
                        V.ctypes.data + (t * C + g * Cg) * ntmax * size, ntmax, beta,
                        dU.ctypes.data + (t * K + g * Kg) * Cg * size, Cg)
+
+
+@njit(inline="always")
+def _weight_chunk(x, gy, dU, V, Yh, m, ph, pw, G, u0, nr, first, gemm, dtype):
+    """Tile rows u0 .. u0 + nr - 1 of ``weight_chunks`` on one thread, added to dU (written
+    over where ``first``)."""
+    C = x.shape[1]
+    K, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
+    alpha = m + 2
+    TH, TW = (OH + m - 1) // m, (OW + m - 1) // m
+    Cg, Kg, ntmax = C // G, K // G, V.shape[2]
+    size = V.itemsize
+    one, zero = dtype.type(1), dtype.type(0)
+    tmp = np.empty((alpha, TW * m + 2), x.dtype)
+    zeros = np.zeros(max(x.shape[3], OW), x.dtype)
+    for c in range(C):
+        for r in range(nr):
+            n, th = (u0 + r) // TH, (u0 + r) % TH
+            input_row(x, n, c, th * m - ph, pw, m, TW, V, r * TW, zeros[:x.shape[3]], tmp)
+    for k in range(K):
+        for r in range(nr):
+            n, th = (u0 + r) // TH, (u0 + r) % TH
+            grad_output_row(gy, n, k, th * m, m, TW, Yh, r * TW, zeros[:OW], tmp)
+    beta = zero if first else one
+    for t in range(alpha * alpha):
+        for g in range(G):
+            cblas_gemm(gemm, _NO_TRANS, _TRANS, Kg, Cg, nr * TW, one,
+                       Yh.ctypes.data + (t * K + g * Kg) * ntmax * size, ntmax,
+                       V.ctypes.data + (t * C + g * Cg) * ntmax * size, ntmax, beta,
+                       dU.ctypes.data + (t * K + g * Kg) * Cg * size, Cg)
+
+
+@twin
+def weight_workers(x, gy, dU, V, Yh, m, ph, pw, G, rows, gemm, dtype, counters):
+    """``weight_chunks`` into dU.shape[0] = S partials: partial p sums chunks p, p + S, ... in
+    that order, on whichever of the V.shape[0] workers takes it (counters[0]; its buffers
+    V[slot], Yh[slot] by counters[1]); the caller adds the partials in order. The partials
+    depend on the shape only, so the bits do not depend on the number of workers."""
+    units = x.shape[0] * ((gy.shape[2] + m - 1) // m)
+    nchunks = (units + rows - 1) // rows
+    S = dU.shape[0]
+    for _ in prange(V.shape[0]):
+        slot = fetch_add(counters, 1)
+        while True:
+            p = fetch_add(counters, 0)
+            if p >= S:
+                break
+            for chunk in range(p, nchunks, S):
+                u0 = chunk * rows
+                _weight_chunk(x, gy, dU[p], V[slot], Yh[slot], m, ph, pw, G, u0,
+                              min(rows, units - u0), chunk == p, gemm, dtype)
