@@ -1,5 +1,6 @@
 """``convkit bench --model module:callable``: a user's model built, converted, checked against
 torch, timed (forward, forward+backward) and timed layer by layer; tiny sizes and timings."""
+import copy
 import json
 
 import pytest
@@ -51,7 +52,9 @@ def test_model_bench_checks_times_and_reports_layers(tmp_path, capsys):
     assert cli.main(["bench", "--model", "test_bench_model:tiny", *FAST, "--json", str(path),
                      "--markdown", str(tmp_path / "model.md")]) == 0
     result = json.loads(path.read_text())
-    assert result["check"]["ok"] and result["check"]["forward_rel_error"] < 1e-5
+    c = result["check"]
+    assert c["ok"] and c["forward_rel_error"] < 1e-5 and c["float64_gradient_rel_error"] < 1e-12
+    assert c["gradient_rel_error"] < 1e-3 and c["torch_gradient_rel_error"] < 1e-3
     rows = {(r["op"], r["impl"]): r for r in result["rows"]}
     assert set(rows) == {(op, impl) for op in ("forward", "fwd+bwd")
                          for impl in ("torch", "convkit")}
@@ -84,6 +87,21 @@ def test_model_that_fails_the_check_is_not_timed(tmp_path, capsys):
     result = json.loads(path.read_text())
     assert not result["check"]["ok"] and result["rows"] == [] and result["layers"] == []
     assert "FAILED: not timed" in capsys.readouterr().out
+
+
+def test_a_wrong_gradient_fails_the_check(monkeypatch):
+    """Right forward, wrong backward in one converted layer: the float64 gradients catch it."""
+    import convkit
+
+    def relu_with_wrong_gradient(self, x):
+        return convkit.functional.relu(x) + 0.5 * (x - x.detach())
+
+    monkeypatch.setattr(convkit.nn.ReLU, "forward", relu_with_wrong_gradient)
+    ref = TinyNet()
+    model = convkit.convert(copy.deepcopy(ref))
+    c = bench_model.check(ref, model, torch.randn(2, 3, 12, 12))
+    assert c["forward_rel_error"] < 1e-5 and c["float64_gradient_rel_error"] > 1e-3
+    assert not c["ok"]
 
 
 def test_no_functional_leaves_forward_calls_on_torch(tmp_path):
