@@ -187,14 +187,19 @@ def test_every_kernel_compiles_for_sm90_without_spills():
     from numba.cuda.cudadrv.error import CudaSupportError, NvvmSupportError
 
     ptxas = _ptxas()
+    compiled = []
     for name, kernel, sig in _kernel_signatures():
         try:
             bounds = (getattr(kernel, "targetoptions", {}) or {}).get("launch_bounds")
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), launch_bounds=bounds)
         except (CudaSupportError, NvvmSupportError, OSError, _LibraryNotFound) as e:
             pytest.skip(f"numba.cuda cannot compile PTX here (no NVVM/toolkit: {e!s:.80})")
-        if ptxas is None:
-            continue
+        compiled.append((name, ptx))
+    assert compiled, "no CUDA kernel signatures to compile"
+    if ptxas is None:
+        pytest.skip(f"all {len(compiled)} kernels compiled to sm_90 PTX; spills not checked: "
+                    "ptxas not found (pip install nvidia-cuda-nvcc-cu12, or the CUDA toolkit)")
+    for name, ptx in compiled:
         with tempfile.TemporaryDirectory() as d:
             src = os.path.join(d, "k.ptx")
             with open(src, "w") as f:
@@ -213,16 +218,24 @@ def test_reduced_precision_on_the_gpu(algorithm, dtype):
     """float16 / bfloat16 CUDA tensors: computed in float32 on the GPU, rounded once."""
     import convkit.functional as CF
 
+    from convkit.testing import assert_close_rounded
+
     dev = torch.device("cuda")
     x = torch.randn(4, 8, 12, 12, device=dev).to(dtype).requires_grad_()
     w = (torch.randn(16, 8, 3, 3, device=dev) * 0.3).to(dtype).requires_grad_()
     y = CF.conv2d(x, w, padding=1, algorithm=algorithm)
     assert y.dtype == dtype and y.device == dev
-    ref = F.conv2d(x.detach().float(), w.detach().float(), padding=1).to(dtype)
-    t = dict(atol=2e-2, rtol=4e-3) if dtype == torch.float16 else dict(atol=1.5e-1, rtol=3e-2)
-    torch.testing.assert_close(y, ref, **t)
-    y.sum().backward()
+    # the float32 computation on the same (rounded) values, rounded once: output and gradients
+    x32 = x.detach().float().requires_grad_()
+    w32 = w.detach().float().requires_grad_()
+    y32 = F.conv2d(x32, w32, padding=1)
+    assert_close_rounded(y, y32, what="output")
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y32.backward(grad.float())
     assert x.grad.dtype == dtype and w.grad.dtype == dtype
+    assert_close_rounded(x.grad, x32.grad, what="grad_input")
+    assert_close_rounded(w.grad, w32.grad, what="grad_weight")
     p, i = CF.max_pool2d(CF.relu(x.detach()), 2, return_indices=True)
     rp, ri = F.max_pool2d(F.relu(x.detach()), 2, return_indices=True)
     assert p.dtype == dtype and torch.equal(p, rp) and torch.equal(i, ri)
