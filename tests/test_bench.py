@@ -40,7 +40,7 @@ def test_cli_writes_json_with_every_field(cli_run, capsys):
     rows = result["rows"]
     assert {(r["op"], r["impl"]) for r in rows} == {
         (op, impl) for op in ("conv_fwd", "conv_fwd_bwd")
-        for impl in ("torch", "direct", "im2col", "auto")}
+        for impl in ("torch", "direct", "im2col", "winograd", "auto")}  # tiny is a 3x3
     for r in rows:
         assert set(harness.ROW_FIELDS) <= set(r)
         assert r["status"] == "ok", r

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import convkit.functional as CF
 from convkit.bench.harness import Case
 from convkit.bench.shapes import ALGORITHMS, ConvShape, PlaneShape, TrainShape, simple_cnn_convs
+from convkit.engine.algorithm import winograd_qualifies
 from convkit.models import SimpleCNN
 
 # the conv passes each op runs, for asking what auto chose in each
@@ -106,6 +107,9 @@ def conv_cases(shape: ConvShape, op: str, device: torch.device, algorithms: Sequ
     if tf32_column:
         cases.append(case("torch-tf32", F.conv2d, tf32=True))
     for algo in algorithms:
+        if algo == "winograd" and not (device.type == "cpu" and winograd_qualifies(
+                shape.weight_shape, shape.stride, shape.dilation)):
+            continue  # 3x3 stride-1 undilated convs on the CPU only
         choice = (lambda: auto_choice(shape, device, PASSES[op])) if algo == "auto" else None
 
         def conv(*t, a=algo):

@@ -180,17 +180,21 @@ def resnet18_convs(N: int = 8) -> Workload:
     """torchvision's resnet18 on N 3x224x224 images, written out from the architecture (a 7x7
     stride-2 stem, a 3x3 stride-2 max-pool to 56x56, then four stages of two BasicBlocks of two
     3x3 convs; stages 2-4 halve the size in their first conv and add a 1x1 stride-2 downsample):
-    20 convs, 11 distinct, 1.82 G multiply-adds per image (torchvision's "1.81 GFLOPS")."""
-    convs = [(ConvShape("r18-stem", N, 3, 224, 224, 64, 7, 7, stride=(2, 2),
+    20 convs, 11 distinct, 1.82 G multiply-adds per image (torchvision's "1.81 GFLOPS").
+    N = 8 is "resnet18-convs" (shapes r18-...); another N is "resnet18-convs-n<N>" (shapes
+    r18n<N>-...), e.g. N = 2 for small-batch inference and fine-tuning."""
+    p = "r18" if N == 8 else f"r18n{N}"
+    convs = [(ConvShape(f"{p}-stem", N, 3, 224, 224, 64, 7, 7, stride=(2, 2),
                         padding=(3, 3)), 1),
-             (_resnet_conv("r18", N, 64, 56, 64, 3, stage=1), 4)]
+             (_resnet_conv(p, N, 64, 56, 64, 3, stage=1), 4)]
     C, HW = 64, 56
     for stage, K in ((2, 128), (3, 256), (4, 512)):
-        convs += [(_resnet_conv("r18", N, C, HW, K, 3, 2, stage), 1),      # block 1, conv1
-                  (_resnet_conv("r18", N, C, HW, K, 1, 2, stage), 1),      # downsample
-                  (_resnet_conv("r18", N, K, HW // 2, K, 3, 1, stage), 3)]  # the other three
+        convs += [(_resnet_conv(p, N, C, HW, K, 3, 2, stage), 1),      # block 1, conv1
+                  (_resnet_conv(p, N, C, HW, K, 1, 2, stage), 1),      # downsample
+                  (_resnet_conv(p, N, K, HW // 2, K, 3, 1, stage), 3)]  # the other three
         C, HW = K, HW // 2
-    return Workload("resnet18-convs", f"every conv of ResNet-18, N{N} 3x224x224", tuple(convs))
+    return Workload("resnet18-convs" if N == 8 else f"resnet18-convs-n{N}",
+                    f"every conv of ResNet-18, N{N} 3x224x224", tuple(convs))
 
 
 def resnet50_convs(N: int = 8) -> Workload:
@@ -221,7 +225,8 @@ def resnet50_convs(N: int = 8) -> Workload:
     return Workload("resnet50-convs", f"every conv of ResNet-50, N{N} 3x224x224", tuple(convs))
 
 
-WORKLOADS: Dict[str, Workload] = {w.name: w for w in (resnet18_convs(8), resnet50_convs(8))}
+WORKLOADS: Dict[str, Workload] = {w.name: w for w in (resnet18_convs(8), resnet50_convs(8),
+                                                        resnet18_convs(2))}
 
 CONV_OPS = ("conv_fwd", "conv_bwd_input", "conv_bwd_weight", "conv_fwd_bwd")
 RELU_OPS = ("relu_fwd", "relu_bwd")
@@ -230,7 +235,7 @@ TRAIN_OPS = ("train_step",)
 OPS = CONV_OPS + RELU_OPS + POOL_OPS + TRAIN_OPS
 OP_GROUPS = {"conv": CONV_OPS, "relu": RELU_OPS, "pool": POOL_OPS, "train": TRAIN_OPS,
              "all": OPS}
-ALGORITHMS = ("direct", "im2col", "auto")
+ALGORITHMS = ("direct", "im2col", "winograd", "auto")
 
 
 def all_shapes() -> list:
