@@ -217,7 +217,6 @@ def test_every_kernel_compiles_for_sm90_without_spills():
 def test_reduced_precision_on_the_gpu(algorithm, dtype):
     """float16 / bfloat16 CUDA tensors: computed in float32 on the GPU, rounded once."""
     import convkit.functional as CF
-
     from convkit.testing import assert_close_rounded
 
     dev = torch.device("cuda")
