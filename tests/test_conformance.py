@@ -38,7 +38,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("expecttest", reason="torch.testing._internal imports expecttest "
                     "(pip install -e '.[test]')")
@@ -52,7 +51,12 @@ import convkit.functional as CF  # noqa: E402
 from convkit import nn as cnn  # noqa: E402
 
 FULL = os.environ.get("CONVKIT_CONFORMANCE_FULL") == "1"
+# max_pool2d's OpInfo has 1440 samples (a product of shapes and arguments): all of them run in
+# float32 as given; the other dtypes and layouts run every 8th (each its own offset, so
+# together they cover every sample), the float64 gradient checks every 24th
+POOL_VALUES_EVERY = 1 if FULL else 8
 POOL_GRAD_EVERY = 1 if FULL else 24
+SHOW = int(os.environ.get("CONVKIT_CONFORMANCE_SHOW", "25"))  # failing cases listed per test
 
 # --- what is compared with what -----------------------------------------------------------------
 
@@ -74,7 +78,8 @@ def _unclaimed(op: str, dtype: torch.dtype):
     if dtype.is_complex:
         return "complex dtypes: out of scope"
     if dtype not in CLAIMED[op]:
-        return f"{op}: {str(dtype).replace('torch.', '')} not claimed (convkit's conv2d is float-only)"
+        name = str(dtype).replace("torch.", "")
+        return f"{op}: {name} not claimed (convkit's conv2d takes float dtypes)"
     return None
 
 
@@ -119,9 +124,13 @@ class Cases:
         SUMMARY[self.op][self.check][f"skipped: {reason}"] += n
         pytest.skip(f"{n} case(s): {reason}")
 
+    def sampled_out(self, n: int) -> None:
+        """``n`` cases not run to keep the suite's time (CONVKIT_CONFORMANCE_FULL=1 runs them)."""
+        SUMMARY[self.op][self.check]["sampled out"] += n
+
     def finish(self) -> None:
         if self.failures:
-            shown = self.failures[:25]
+            shown = self.failures[:SHOW]
             more = len(self.failures) - len(shown)
             pytest.fail(f"{len(self.failures)} case(s) differ from torch:\n  " +
                         "\n  ".join(shown) + (f"\n  ... {more} more" if more else ""),
@@ -184,9 +193,11 @@ def _forward_backward(fn, args, kwargs, grad_outputs=None):
     return out, list(grads), grad_outputs
 
 
-def _compare_call(ck_fn, torch_fn, args, kwargs, exact, what=""):
+def _compare_call(ck_fn, torch_fn, args, kwargs, exact, what="", exact_grads=None):
     """convkit and torch on separate copies of the same arguments: outputs (values, dtype,
-    strides) and the gradients of every input requiring grad."""
+    strides) and the gradients of every input requiring grad (bit-equal where ``exact`` /
+    ``exact_grads``, else within two roundings of the dtype)."""
+    exact_grads = exact if exact_grads is None else exact_grads
     ck_args = [_clone(a) for a in args]
     ck_kwargs = {k: _clone(v) for k, v in kwargs.items()}
     th_args = [_clone(a) for a in args]
@@ -204,7 +215,7 @@ def _compare_call(ck_fn, torch_fn, args, kwargs, exact, what=""):
         if e is None or g is None:
             assert g is None and e is None, f"{what}grad of argument {i}: one side is None"
             continue
-        _close(g, e, f"{what}grad of argument {i}", exact)
+        _close(g, e, f"{what}grad of argument {i}", exact_grads)
     return got
 
 
@@ -236,6 +247,7 @@ DTYPE_CASES = [pytest.param(o, dt, id=f"{_opinfo_id(o)}-{str(dt).replace('torch.
                for o in OPINFOS for dt in sorted(o.supported_dtypes("cpu"), key=str)]
 
 LAYOUTS = ("samples", "reference_inputs", "noncontiguous", "channels_last")
+DTYPES_ORDER = sorted(set().union(*(o.supported_dtypes("cpu") for o in OPINFOS)), key=str)
 
 
 def _channels_last(s):
@@ -264,6 +276,15 @@ def test_opinfo_samples(opinfo, dtype, layout):
     if reason:
         cases.skip_all(len(samples), reason)
     exact = op != "conv2d"
+    # max_pool2d's backward sums the gradients of overlapping windows: convkit in float32,
+    # rounded once; torch's CPU kernel in float16/bfloat16 itself (it rounds at every sum)
+    exact_grads = exact and not (op == "max_pool2d" and dtype in (torch.float16,
+                                                                  torch.bfloat16))
+    if op == "max_pool2d" and not (dtype == torch.float32 and layout == "samples"):
+        every = POOL_VALUES_EVERY
+        offset = (DTYPES_ORDER.index(dtype) + LAYOUTS.index(layout)) % every
+        cases.sampled_out(sum(1 for i in range(len(samples)) if i % every != offset))
+        samples = [s for i, s in enumerate(samples) if i % every == offset]
     for s in samples:
         if layout == "noncontiguous":
             s = s.noncontiguous()
@@ -277,7 +298,8 @@ def test_opinfo_samples(opinfo, dtype, layout):
             why = _conv_unclaimed_sample(op, s)
             if why:
                 raise Skip(why)
-            _compare_call(ck_fn, opinfo.op, [s.input, *s.args], dict(s.kwargs), exact)
+            _compare_call(ck_fn, opinfo.op, [s.input, *s.args], dict(s.kwargs), exact,
+                          exact_grads=exact_grads)
 
         cases.run(_sample_id(s), case)
     cases.finish()
@@ -375,6 +397,7 @@ def test_opinfo_gradients(opinfo, check):
         pytest.skip(f"the OpInfo does not support {check}")
     samples = list(opinfo.sample_inputs("cpu", torch.float64, requires_grad=True))
     every = POOL_GRAD_EVERY if op == "max_pool2d" else 1
+    cases.sampled_out(sum(1 for i in range(len(samples)) if i % every))
     for i, s in enumerate(samples):
         if i % every:
             continue
@@ -709,8 +732,13 @@ def test_common_nn(params):
                 return fn
 
             inputs = tuple(a.detach() for a in x) + params_
+            try:
+                jt = torch.autograd.functional.jacobian(f(th), inputs, vectorize=True)
+            except Exception as e:  # torch's jacobian of a zero-size output: IndexError
+                with pytest.raises(type(e)):
+                    torch.autograd.functional.jacobian(f(ck), inputs, vectorize=True)
+                return
             jc = torch.autograd.functional.jacobian(f(ck), inputs, vectorize=True)
-            jt = torch.autograd.functional.jacobian(f(th), inputs, vectorize=True)
             for i, (a, b) in enumerate(zip(jc, jt)):
                 _close(a, b, f"Jacobian wrt argument {i}", op != "conv2d")
 
@@ -723,26 +751,33 @@ def test_common_nn(params):
 # --- the per-op counts --------------------------------------------------------------------------
 
 def summary_rows():
-    """[(op, check, run, passed, failed, {skip reason: count})] in a stable order."""
+    """[(op, check, run, passed, failed, {skip reason: count}, sampled out)], stable order."""
     rows = []
     for op in ("conv2d", "relu", "max_pool2d"):
         for check in sorted(SUMMARY[op]):
             c = SUMMARY[op][check]
             skips = {k[len("skipped: "):]: v for k, v in c.items() if k.startswith("skipped: ")}
-            rows.append((op, check, c["passed"] + c["failed"], c["passed"], c["failed"], skips))
+            rows.append((op, check, c["passed"] + c["failed"], c["passed"], c["failed"], skips,
+                         c["sampled out"]))
     return rows
 
 
 def summary_markdown() -> str:
-    lines = ["| op | check (torch's data) | run | passed | failed | skipped (why) |",
-             "|---|---|---:|---:|---:|---|"]
+    lines = ["| op | check (torch's data) | run | passed | failed | skipped (why) | "
+             "not run (time) |", "|---|---|---:|---:|---:|---|---:|"]
     totals = collections.Counter()
-    for op, check, run, passed, failed, skips in summary_rows():
-        why = "; ".join(f"{n} {r}" for r, n in sorted(skips.items())) or "-"
-        lines.append(f"| {op} | {check} | {run} | {passed} | {failed} | {why} |")
-        totals.update(run=run, passed=passed, failed=failed, skipped=sum(skips.values()))
+    for op, check, run, passed, failed, skips, sampled in summary_rows():
+        why = "; ".join(f"{n}: {r}" for r, n in sorted(skips.items())) or "-"
+        lines.append(f"| {op} | {check} | {run} | {passed} | {failed} | {why} | "
+                     f"{sampled or '-'} |")
+        totals.update(run=run, passed=passed, failed=failed, skipped=sum(skips.values()),
+                      sampled=sampled)
     lines.append(f"| **all** | | **{totals['run']}** | **{totals['passed']}** | "
-                 f"**{totals['failed']}** | **{totals['skipped']}** |")
+                 f"**{totals['failed']}** | **{totals['skipped']}** | **{totals['sampled']}** |")
+    if totals["sampled"]:
+        lines.append("\nNot run (time): max_pool2d samples outside float32-as-given and its "
+                     "float64 gradient checks run on every 8th / 24th sample; "
+                     "`CONVKIT_CONFORMANCE_FULL=1` runs all of them.")
     return "\n".join(lines)
 
 
@@ -755,13 +790,15 @@ def summary_text() -> str:
         run = sum(r[2] for r in rows)
         passed = sum(r[3] for r in rows)
         failed = sum(r[4] for r in rows)
+        sampled = sum(r[6] for r in rows)
         skips = collections.Counter()
         for r in rows:
             skips.update(r[5])
         out.append(f"  {op}: run {run}, passed {passed}, failed {failed}, skipped "
-                   f"{sum(skips.values())}")
-        for _, check, r, p, f, s in rows:
+                   f"{sum(skips.values())}" + (f", not run (time) {sampled}" if sampled else ""))
+        for _, check, r, p, f, s, n_out in rows:
             extra = "".join(f"; skipped {n}: {why}" for why, n in sorted(s.items()))
+            extra += f"; not run (time) {n_out}" if n_out else ""
             out.append(f"      {check:28s} run {r:5d}  passed {p:5d}  failed {f:4d}{extra}")
     return "\n".join(out)
 
