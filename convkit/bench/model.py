@@ -254,7 +254,8 @@ def layer_times(ref: nn.Module, model: nn.Module, x: torch.Tensor, rounds: int,
                 timer: Timer) -> Tuple[List[dict], Dict[str, Dict[str, float]]]:
     """Per converted layer: median forward and backward ms per step, torch's and convkit's,
     over ``rounds`` alternating train-mode steps (after one warm step each); and per side
-    the median ms of the whole hooked step and of its forward, for the shares."""
+    the median ms of the whole hooked step and of its forward, of the layers' time in them,
+    and the median of the layers' share of each step."""
     layers = pairs(ref, model)
     clocks = {"torch": LayerClock({n: t for n, t, _ in layers}, timer.sync),
               "convkit": LayerClock({n: c for n, _, c in layers}, timer.sync)}
@@ -294,9 +295,20 @@ def layer_times(ref: nn.Module, model: nn.Module, x: torch.Tensor, rounds: int,
         row["excess_ms"] = (row["convkit_fwd_ms"] + row["convkit_bwd_ms"]
                             - row["torch_fwd_ms"] - row["torch_bwd_ms"])
         rows.append(row)
-    totals = {side: {"step_ms": 1e3 * statistics.median(samples[side]["step"]),
-                     "forward_ms": 1e3 * statistics.median(samples[side]["forward"])}
-              for side in models}
+    totals = {}
+    for side, sample in samples.items():
+        fwd = [sum(f.values()) for f, _ in sample["layers"]]
+        both = [sum(f.values()) + sum(b.values()) for f, b in sample["layers"]]
+        totals[side] = {
+            "forward_ms": 1e3 * statistics.median(sample["forward"]),
+            "step_ms": 1e3 * statistics.median(sample["step"]),
+            "layers_forward_ms": 1e3 * statistics.median(fwd),
+            "layers_step_ms": 1e3 * statistics.median(both),
+            # the share of each step, then the median: a ratio within one step
+            "layers_forward_share": statistics.median(
+                a / b for a, b in zip(fwd, sample["forward"])),
+            "layers_step_share": statistics.median(
+                a / b for a, b in zip(both, sample["step"]))}
     return rows, totals
 
 
@@ -404,17 +416,13 @@ def model_report(result: dict, markdown: bool = False) -> str:
                   markdown)]
     layers, totals = result["layers"], result["totals"]
     if layers:
-        def share(side, key_layer, key_total):
-            part = sum(sum(r[f"{side}_{k}_ms"] for k in key_layer) for r in layers)
-            return part, totals[side][key_total]
-
         lines = []
-        for label, keys, total in (("forward", ("fwd",), "forward_ms"),
-                                   ("fwd+bwd", ("fwd", "bwd"), "step_ms")):
+        for label, key in (("forward", "forward"), ("fwd+bwd", "step")):
             cells = []
             for side in ("torch", "convkit"):
-                part, whole = share(side, keys, total)
-                cells.append(f"{_ms(part)} of {_ms(whole)} ms ({100 * part / whole:.0f}%)")
+                t = totals[side]
+                cells.append(f"{_ms(t[f'layers_{key}_ms'])} of {_ms(t[f'{key}_ms'])} ms "
+                             f"({100 * t[f'layers_{key}_share']:.0f}%)")
             lines.append([label, *cells])
         out += ["", f"Time in the {len(layers)} converted layers (hooked train-mode steps: "
                     f"convkit's share of the convkit model's time, and the same layers' share "
