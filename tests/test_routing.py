@@ -160,6 +160,20 @@ def test_what_convkit_cannot_do_goes_to_torch(case):
     assert count.convkit_ops() == {}, count.ops
 
 
+def test_autocast_mixed_dtypes_are_routed():
+    """Under torch.autocast a bfloat16 activation meets float32 weights: convkit casts them as
+    torch's autocast does, so the call is convkit's."""
+    x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = F.relu(F.conv2d(x, w, b))
+        expected = F.conv2d(h, w[:, :1].repeat(1, 4, 1, 1))
+        with convkit.use():
+            got, count = counted(lambda: F.conv2d(h, w[:, :1].repeat(1, 4, 1, 1)))
+    assert h.dtype == torch.bfloat16 and got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+    assert count.torch_ops() == {} and "convkit.conv2d" in count.convkit_ops(), count.ops
+
+
 def test_convkit_argument_errors_are_raised_in_torchs_words():
     with convkit.use(), pytest.raises((RuntimeError, ValueError), match="padding"):
         F.conv2d(torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3), stride=2, padding="same")
