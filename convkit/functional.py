@@ -21,7 +21,13 @@ from convkit.autograd import (
     ops,
     relu_inplace,
 )
-from convkit.autograd.ops import INT_DTYPES, REDUCED_DTYPES
+from convkit.autograd.ops import (
+    INT_DTYPES,
+    REDUCED_DTYPES,
+    dense_in_order,
+    elementwise_strides,
+    with_strides,
+)
 from convkit.engine.algorithm import check_winograd
 from convkit.engine.algorithm import select_algorithm  # noqa: F401  (public name)
 from convkit.kernels.shapes import (
@@ -64,15 +70,6 @@ def _check_float(t: torch.Tensor, name: str, op: str, integers: bool = False) ->
         f"{op}(): \"{op}\" not implemented for '{torch_name}': expected {name} to have a "
         f"floating dtype ({_DTYPE_WORDS}){' or an integer dtype' if integers else ''}, but got "
         f"{t.dtype}")
-
-
-def _stride_order(t: torch.Tensor) -> list:
-    """t's dims from the largest stride to the smallest: t.permute(order) is C-contiguous when t
-    is dense in any order (channels-last, a transpose). A broadcast (stride-0) dim keeps the
-    plain order, as torch's results of expanded inputs are plainly contiguous."""
-    if any(t.stride(d) == 0 and t.shape[d] > 1 for d in range(t.dim())):
-        return list(range(t.dim()))
-    return sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
 
 
 def _autocast(*tensors):
@@ -264,14 +261,14 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     _check_tensor(input, "input", "relu")
     _check_float(input, "input", "relu", integers=True)
     if not input.is_contiguous():
-        # work on the permutation with the strides in decreasing order: the result has the
-        # input's stride order, as torch's (and a dense input, channels-last say, is not copied)
-        order = _stride_order(input)
-        permuted = input.permute(order)
+        # work on the permutation that makes torch's result layout contiguous (a dense input,
+        # channels-last say, is then not copied), and give the result torch's very strides
+        strides = elementwise_strides(input)
+        permuted, inverse = dense_in_order(input, strides)
         if inplace and not permuted.is_contiguous():
             return input.copy_(apply(ReLUFunction, input))
         y = relu(permuted if permuted.is_contiguous() else permuted.contiguous(), inplace)
-        return input if inplace else y.permute([order.index(d) for d in range(len(order))])
+        return input if inplace else with_strides(y.permute(inverse), strides)
     if inplace:
         return relu_inplace(input)
     if needs_autograd(input):
@@ -317,7 +314,7 @@ def _max_pool2d_plan(input, kernel_size, stride, padding, dilation, ceil_mode):
     kernel, stride, padding, dilation = max_pool2d_args(kernel_size, stride, padding, dilation)
     unbatched = input.dim() == 3
     shape = (1,) + tuple(input.shape) if unbatched else tuple(input.shape)
-    check_max_pool2d(shape, kernel, stride, padding, dilation, ceil_mode)
+    check_max_pool2d(shape, kernel, stride, padding, dilation, ceil_mode, tuple(input.shape))
     return kernel, stride, padding, dilation, ceil_mode, unbatched
 
 

@@ -216,3 +216,33 @@ def test_long_depthwise_kernels_ran_im2col(w_shape, groups, pass_name):
     # a group of 8 output channels keeps the GEMM (measured faster there)
     assert select_algorithm((8, 64, 56, 56), (64, 8, 3, 3), (1, 1), (1, 1), (1, 1), 8,
                             pass_name=pass_name) == "im2col"
+
+
+def _layout(t):
+    """The strides that matter (size-1 dims carry none)."""
+    return [s for s, n in zip(t.stride(), t.shape) if n > 1]
+
+
+@pytest.mark.parametrize("x_cl,w_cl", [(False, False), (True, False), (False, True)])
+def test_gradient_layout_was_nchw_for_channels_last_inputs(x_cl, w_cl):
+    """torch's conv gradients are channels-last where the forward ran channels-last, max-pool's
+    where its input is, relu's where its result is."""
+    torch.manual_seed(4)
+    x, w = torch.randn(2, 4, 6, 6, dtype=D), torch.randn(5, 4, 3, 3, dtype=D)
+    if x_cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if w_cl:
+        w = w.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w.requires_grad_()
+    grads = []
+    for f in (F, CF):
+        y = f.conv2d(x, w, padding=1)
+        p = f.max_pool2d(x, 2)
+        r = f.relu(x)
+        g = [torch.ones(t.shape, dtype=D) for t in (y, p, r)]
+        grads.append(torch.autograd.grad(y, (x, w), g[0]) + torch.autograd.grad(p, x, g[1])
+                     + torch.autograd.grad(r, x, g[2]))
+    for theirs, ours in zip(*grads):
+        assert _layout(ours) == _layout(theirs)
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)

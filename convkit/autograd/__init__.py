@@ -181,13 +181,33 @@ class Conv2dFunction(Function):
         return _conv2d_tangent(ctx, x, w, tx, tw, tb)
 
 
+def _batched() -> bool:
+    """Under a vmap (torch.func's, or the legacy one of autograd's batched gradients): batched
+    tensors have no memory format to follow. Dynamo traces neither."""
+    return not _is_dynamo_compiling() and (_functorch_active() or ops.legacy_vmap())
+
+
+def _suggests_channels_last(*tensors) -> bool:
+    """torch would lay a result of these tensors out channels-last (never under a vmap)."""
+    return not _batched() and any(ops.channels_last(t) for t in tensors)
+
+
+def _laid_out(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t channels-last where ``channels_last`` (a gradient laid out as torch's)."""
+    if channels_last and not _batched():
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
 def _conv2d_grads(ctx, gy, x, w):
     """The gradients a conv Function's backward returns, for the inputs that need them."""
     gx = gw = gb = None
+    # torch's CPU conv gives channels-last gradients where the forward ran channels-last
+    layout = _suggests_channels_last(x, w)
     if ctx.needs_input_grad[0]:
-        gx = call_function(Conv2dBackwardInput, gy, w, *x.shape, *ctx.conf)
+        gx = _laid_out(call_function(Conv2dBackwardInput, gy, w, *x.shape, *ctx.conf), layout)
     if ctx.needs_input_grad[1]:
-        gw = call_function(Conv2dBackwardWeight, x, gy, *w.shape, *ctx.conf)
+        gw = _laid_out(call_function(Conv2dBackwardWeight, x, gy, *w.shape, *ctx.conf), layout)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = call_function(Conv2dBackwardBias, gy)
     return (gx, gw, gb) + (None,) * len(ctx.conf)
@@ -444,6 +464,7 @@ class MaxPool2dFunction(Function):
     def setup_context(ctx, inputs, output):
         indices = output[1]
         ctx.input_shape = tuple(inputs[0].shape)
+        ctx.channels_last = _suggests_channels_last(inputs[0])  # torch's gradient keeps it
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(indices)
         _save_for_forward(ctx, indices)
@@ -452,7 +473,7 @@ class MaxPool2dFunction(Function):
     def backward(ctx, gy, _gindices):
         (indices,) = ctx.saved_tensors
         gx = call_function(MaxPool2dBackward, gy, indices, *ctx.input_shape)
-        return (gx,) + (None,) * 9
+        return (_laid_out(gx, ctx.channels_last),) + (None,) * 9
 
     @staticmethod
     def tangent(ctx, tx, *_):

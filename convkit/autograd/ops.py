@@ -96,6 +96,74 @@ def channels_last(t: Optional[Tensor]) -> bool:
     return True
 
 
+def elementwise_strides(t: torch.Tensor) -> tuple:
+    """The strides torch gives the result of an elementwise op on t (TensorIterator's rule): a
+    contiguous or channels-last t gives the plain layout of that format, any other
+    non-overlapping dense t its own strides; otherwise the dims are ordered by stride (equal
+    strides: the smaller size inside, broadcast dims where the insertion sort leaves them) and
+    the result is dense in that order."""
+    if t.is_contiguous():
+        return _dense_strides(t.shape, range(t.dim() - 1, -1, -1))
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return _dense_strides(t.shape, (1, 3, 2, 0))
+    if _non_overlapping_and_dense(t):
+        return t.stride()
+    shape, strides = t.shape, t.stride()
+
+    def should_swap(d0, d1):
+        s0, s1 = strides[d0], strides[d1]
+        if s0 == 0 or s1 == 0:
+            return 0
+        if s0 != s1:
+            return 1 if s0 > s1 else -1
+        return 1 if shape[d0] > shape[d1] else 0
+
+    perm = list(range(t.dim() - 1, -1, -1))  # innermost first
+    for i in range(1, t.dim()):
+        d1 = i
+        for d0 in range(i - 1, -1, -1):
+            c = should_swap(perm[d0], perm[d1])
+            if c > 0:
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+                d1 = d0
+            elif c < 0:
+                break
+    return _dense_strides(shape, perm)
+
+
+def _dense_strides(shape, inner_first) -> tuple:
+    """Strides of a dense tensor of ``shape`` whose dims, innermost first, are ``inner_first``."""
+    strides, step = [0] * len(shape), 1
+    for d in inner_first:
+        strides[d] = step
+        step *= shape[d]
+    return tuple(strides)
+
+
+def _non_overlapping_and_dense(t: torch.Tensor) -> bool:
+    """c10's is_non_overlapping_and_dense: sorted by stride (size-1 dims ignored), each stride
+    is the product of the sizes inside it."""
+    dims = sorted((d for d in range(t.dim()) if t.shape[d] != 1), key=t.stride)
+    step = 1
+    for d in dims:
+        if t.stride(d) != step:
+            return False
+        step *= t.shape[d]
+    return True
+
+
+def dense_in_order(t: Tensor, strides) -> tuple:
+    """(t permuted so that a tensor with ``strides`` is contiguous in that order, the inverse
+    permutation)."""
+    order = sorted(range(t.dim()), key=lambda d: -strides[d])
+    return t.permute(order), [order.index(d) for d in range(len(order))]
+
+
+def with_strides(t: Tensor, strides) -> Tensor:
+    """t given ``strides`` that describe its very memory (they differ on size-1 dims only)."""
+    return t if t.stride() == tuple(strides) else t.as_strided(t.shape, strides)
+
+
 def _result_format(*tensors) -> torch.memory_format:
     return torch.channels_last if any(channels_last(t) for t in tensors) \
         else torch.contiguous_format
@@ -185,7 +253,13 @@ def _relu_(input):
 def _relu_backward(grad_output, result):
     if grad_output.dtype in REDUCED_DTYPES:
         return _in_float32(_relu_backward, grad_output, result)
-    return _engine(grad_output).relu_backward(grad_output, result)
+    if result.is_contiguous():
+        return _engine(grad_output).relu_backward(grad_output, result)
+    # torch's threshold_backward lays its result out as the saved result (its first input)
+    strides = elementwise_strides(result)
+    (gy, inverse), (y, _) = dense_in_order(grad_output, strides), dense_in_order(result, strides)
+    gx = _engine(gy).relu_backward(gy.contiguous(), y.contiguous())
+    return with_strides(gx.permute(inverse), strides)
 
 
 def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -459,6 +533,11 @@ _tls_included = torch._C._dispatch_tls_is_dispatch_key_included
 # jacobian(vectorize=True)) run the backward under the legacy vmap: its BatchedTensors are plain
 # Tensors with no data of their own, batched by the dispatcher
 _LEGACY_VMAP = torch._C._dispatch_key_parse("VmapMode")
+
+
+def legacy_vmap() -> bool:
+    """Inside the legacy vmap: autograd's batched gradients (see ``_LEGACY_VMAP``)."""
+    return _tls_included(_LEGACY_VMAP)
 
 
 def eager(*tensors) -> bool:

@@ -178,10 +178,12 @@ def _trunc_half(a: int) -> int:
 
 
 def check_max_pool2d(input_shape: Sequence[int], kernel: IntPair, stride: IntPair,
-                     padding: IntPair, dilation: IntPair, ceil_mode: bool) -> IntPair:
+                     padding: IntPair, dilation: IntPair, ceil_mode: bool,
+                     given_shape: Sequence[int] = None) -> IntPair:
     """Validate a 4-D max_pool2d call and return the output size (OH, OW): torch's checks in
     torch's order (``pooling_output_shape`` for each axis, then ``pool2d_shape_check``), so the
-    same bad call raises the same message."""
+    same bad call raises the same message (naming ``given_shape``, the unbatched input's, where
+    the caller batched it)."""
     for k, s, p, d in zip(kernel, stride, padding, dilation):
         if s == 0:
             raise ArgumentError("max_pool2d: stride should not be zero")
@@ -202,7 +204,7 @@ def check_max_pool2d(input_shape: Sequence[int], kernel: IntPair, stride: IntPai
     N, C, H, W = input_shape
     if C == 0 or H == 0 or W == 0:
         raise ArgumentError(f"max_pool2d: Expected 3D or 4D (batch mode) tensor with optional 0 "
-                            f"dim batch size for input, but got:{list(input_shape)}")
+                            f"dim batch size for input, but got:{list(given_shape or input_shape)}")
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ArgumentError(f"max_pool2d: pad should be smaller than or equal to half of kernel "
                             f"size, but got padW = {padding[1]}, padH = {padding[0]}, "
