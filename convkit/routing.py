@@ -89,11 +89,6 @@ def _max_pool2d(algorithm, input, kernel_size, stride=None, padding=0, dilation=
     return _pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
-def _max_pool2d_without_indices(algorithm, input, kernel_size, stride=None, padding=0,
-                                dilation=1, ceil_mode=False, return_indices=False):
-    return _pool(input, kernel_size, stride, padding, dilation, ceil_mode, False)
-
-
 def _max_pool2d_with_indices(algorithm, input, kernel_size, stride=None, padding=0,
                              dilation=1, ceil_mode=False, return_indices=False):
     return _pool(input, kernel_size, stride, padding, dilation, ceil_mode, True)
@@ -114,14 +109,14 @@ def _pool(input, kernel_size, stride, padding, dilation, ceil_mode, indices):
 
 
 # the torch functions routed and their handlers, each with the torch function's signature after
-# the algorithm. F.max_pool2d is boolean_dispatch's wrapper of F._max_pool2d (output only) and
-# F.max_pool2d_with_indices; which of the three the mode sees depends on torch's version.
+# the algorithm. F.max_pool2d is boolean_dispatch's wrapper: its output-only branch dispatches
+# as the wrapper itself (return_indices among the arguments), the other as
+# F.max_pool2d_with_indices (always a pair).
 ROUTES: Dict[Callable, Callable] = {
     torch.conv2d: _conv2d,
     F.relu: _relu, torch.relu: _relu, _Tensor.relu: _relu,
     torch.relu_: _relu_, _Tensor.relu_: _relu_,
-    F.max_pool2d: _max_pool2d, F._max_pool2d: _max_pool2d_without_indices,
-    F.max_pool2d_with_indices: _max_pool2d_with_indices,
+    F.max_pool2d: _max_pool2d, F.max_pool2d_with_indices: _max_pool2d_with_indices,
     torch.max_pool2d: _torch_max_pool2d,
 }
 
@@ -150,8 +145,6 @@ class use(TorchFunctionMode):
             if out is not _TORCH:
                 return out
         return func(*args, **kwargs)
-
-
 
 
 def _routed(module: torch.nn.Module, algorithm: str, inner, *args, **kwargs):
