@@ -112,6 +112,11 @@ def test_no_functional_leaves_forward_calls_on_torch(tmp_path):
     assert not result["functional"] and "stay on torch" in result["conversion"]
 
 
+def test_shape_table_options_are_refused_with_model():
+    with pytest.raises(SystemExit, match="--readme is for the shape table"):
+        cli.main(["bench", "--model", "test_bench_model:tiny", "--readme", "README.md"])
+
+
 def test_build_takes_modules_files_and_instances(tmp_path):
     assert isinstance(bench_model.build("test_bench_model:TinyNet"), TinyNet)
     source = tmp_path / "user_models.py"

@@ -320,6 +320,10 @@ def run_model(args, command: str) -> int:
     import convkit
     from convkit.bench.machine import device_label, environment
 
+    for option in ("shapes", "ops", "report", "readme", "plot", "from_json"):
+        if getattr(args, option, None):
+            raise SystemExit(f"convkit bench: --{option.replace('_', '-')} is for the shape "
+                             f"table, not --model (which writes --json and --markdown)")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("convkit bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
