@@ -24,6 +24,7 @@ CASES = [
     (2, 6, 9, 9, 6, 3, 3),
     (2, 5, 16, 13, 7, 1, 1),
     (1, 4, 10, 10, 4, 1, 4),
+    (1, 32, 8, 8, 64, 1, 2),   # one chunk: the forward splits each group's 32 filters in two
 ]
 
 

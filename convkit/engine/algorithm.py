@@ -17,10 +17,10 @@ where the two differ by more than 10 %.
 
 On the CPU, a conv Winograd can compute (``winograd_qualifies``: 3x3, stride 1, dilation 1)
 runs "winograd" instead of im2col where :func:`winograd_wins` says so: both channel counts of a
-group at least WINOGRAD_MIN_CHANNELS and an output plane at least WINOGRAD_MIN_SIDE on each side,
-for the passes in WINOGRAD_PASSES (the measurements are next to the constants). Its float32
-error is bounded too: the tile (``conv_winograd.tile_for``) is F(4x4, 3x3) only where its
-measured error stays within WINOGRAD_ERROR_BOUND times im2col's (docs/algorithms-winograd.md).
+group at least WINOGRAD_MIN_CHANNELS and an output plane at least WINOGRAD_MIN_SIDE[pass] on
+each side (the measurements are next to the constants). Its float32 error is bounded too: the
+tile (``conv_winograd.tile_for``) is F(4x4, 3x3) only where its measured error stays within
+WINOGRAD_ERROR_BOUND times im2col's (docs/algorithms-winograd.md).
 CUDA stays on im2col (no Winograd kernels there).
 
 Like ``torch.backends.cudnn.benchmark``, timing is opt-in: with :func:`set_benchmark` (or
@@ -52,12 +52,21 @@ DIRECT_MAX_REDUCTION = 32
 # 1x255 on 3x512^2 0.09x, both passes; K/groups = C/groups = 4 ties, 8 favours im2col, measured)
 DIRECT_MAX_GEMM_ROWS = 2
 
-# Winograd where it wins (see winograd_wins); placeholders until measured
-WINOGRAD_MIN_CHANNELS = 32
-WINOGRAD_MIN_SIDE = 14
-WINOGRAD_PASSES = ("forward", "backward_input", "backward_weight")
-# how many times im2col's float32 max error (relative to the largest output) auto accepts
-WINOGRAD_ERROR_BOUND = 10
+# Winograd where it wins (winograd_wins). Measured here (AMD EPYC Zen 4, 2 cores shared with
+# other jobs, load 6-19, so +-30 % noise; winograd / im2col time, ResNet-18 N8): 64 channels
+# at 56^2 fwd 0.52-0.87, bwd-input 0.69-0.98, weight 0.82; 128 at 28^2 fwd 0.53-0.93,
+# bwd-input 0.92-0.97, weight 0.78-1.10; 256 at 14^2 (F(2,3)) fwd 0.51-0.52, bwd-input
+# 0.54-0.70, weight 0.73-1.03; 512 at 7^2 fwd 0.88-2.1, bwd-input 1.1-1.2, weight 0.64-0.81
+# (the 38 MB transformed filter and 7x7 planes padded to 8x8 cost more than the multiplies
+# saved, except in the weight gradient). SimpleCNN conv2 (32 -> 64 channels, 14^2) measured
+# 0.7-1.6 either way: left to im2col until a quiet machine decides
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_SIDE = {"forward": 14, "backward_input": 14, "backward_weight": 7}
+# the float32 max error (relative to the largest output) auto accepts, as a multiple of
+# im2col's: F(4,3) measured 11-28x on the ResNet/VGG shapes it runs (planes >= 16), F(2,3)
+# 0.7-2.6x (docs/algorithms-winograd.md); an order of magnitude inside the parity suites'
+# float32 tolerance. conv_winograd.tile_for keeps F(4,3) to where this holds
+WINOGRAD_ERROR_BOUND = 32
 
 # multiply-adds below which benchmark mode still trusts the rule instead of timing
 AUTOTUNE_MIN_MACS = 1 << 21
@@ -99,8 +108,8 @@ def check_winograd(weight_shape, stride, dilation, op: str = "conv2d()") -> None
 def winograd_wins(pass_name: str, weight_shape, groups: int, out_hw) -> bool:
     """Whether ``auto`` runs Winograd for this pass of a qualifying conv (module docstring)."""
     K, Cg = weight_shape[0], weight_shape[1]
-    return (pass_name in WINOGRAD_PASSES and min(Cg, K // groups) >= WINOGRAD_MIN_CHANNELS
-            and min(out_hw) >= WINOGRAD_MIN_SIDE)
+    return (min(Cg, K // groups) >= WINOGRAD_MIN_CHANNELS
+            and min(out_hw) >= WINOGRAD_MIN_SIDE[pass_name])
 
 
 def rule(pass_name: str, weight_shape, groups: int, macs: int, conf=None, out_hw=None,

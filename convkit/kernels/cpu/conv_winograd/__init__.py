@@ -37,10 +37,12 @@ from convkit.runtime.memory import empty
 # bytes of one chunk's transforms (V and M, or V and Yh): a chunk's tiles go through three
 # passes (transform, GEMMs, inverse transform), so they should stay in the cache in between
 WORKSPACE_BYTES = 4 << 20
-# chunks per worker from which whole chunks are shared out (``pipeline.forward_workers``: no
-# barrier between a chunk's phases, which costs a time slice each on a busy machine) instead of
-# all workers sharing each chunk's phases (``pipeline.forward_chunks``). Same bits either way
-CHUNKS_PER_WORKER = 2
+# forward work items (chunk x output-channel slice, ``pipeline.forward_chunks``) a conv has at
+# least where its channels allow: each worker runs whole items with no barrier between a
+# chunk's phases (each barrier cost a time slice on this busy machine: ResNet l3 forward at 2
+# threads, 204 ms with a parallel loop per phase vs 18 ms on one thread). A function of the
+# shape only, so the bits do not depend on the thread count
+MIN_ITEMS = 4
 # the weight gradient's partial sums (``weight_partials``): as many as workers on the machines
 # convkit is measured on (2-16 cores: 4 keeps 2 workers balanced), within 64 MB (ResNet's
 # 512 x 512 filter transformed by F(4,3) is 38 MB: it keeps one sum and the phase-parallel loop)
@@ -57,9 +59,12 @@ def available(dtype) -> bool:
 
 
 def tile_for(out_hw, dtype) -> int:
-    """The output tile m: 4 (2.25 multiplies per pixel and channel pair instead of 4) unless the
-    plane is under 8 pixels on a side, where 4 x 4 tiles pad it more than 2 x 2 ones."""
-    return 4 if min(out_hw) >= 8 else 2
+    """The output tile m: 4 (2.25 multiplies per pixel and channel pair instead of 4) on planes
+    of at least 16 pixels a side, else 2. ResNet's 14^2 plane padded to 16^2 by 4 x 4 tiles
+    (31 % more) measured 1.2-1.9x F(2,3)'s time; its 7^2 pads to 8^2 either way. F(4,3)'s
+    float32 error is 11-28x im2col's on the 28^2 and 56^2 ResNet/VGG shapes
+    (docs/algorithms-winograd.md), inside engine.algorithm.WINOGRAD_ERROR_BOUND."""
+    return 4 if min(out_hw) >= 16 else 2
 
 
 def chunk_rows(units, TW, alpha, channels, itemsize) -> int:
@@ -67,6 +72,12 @@ def chunk_rows(units, TW, alpha, channels, itemsize) -> int:
     transforms per tile), at least MIN_TILES tiles, at most all ``units``."""
     per_row = alpha * alpha * channels * TW * itemsize
     return max(1, min(units, max(-(-MIN_TILES // TW), WORKSPACE_BYTES // per_row)))
+
+
+def output_slices(nchunks, Kg) -> int:
+    """Output-channel slices per chunk: enough for MIN_ITEMS items, at most Kg / 16 (a GEMM of
+    fewer rows wastes OpenBLAS's register tiles)."""
+    return max(1, min(-(-MIN_ITEMS // nchunks), Kg // 16))
 
 
 def weight_partials(nchunks, partial_bytes) -> int:
@@ -119,20 +130,17 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False, tile
     U = transformed_filter(w, m)
     rows, ntmax = _plan(N, C, K, out_hw, m, x.itemsize)
     nchunks = -(-N * -(-out_hw[0] // m) // rows)
+    S = output_slices(nchunks, K // groups)
     A2 = (m + 2) ** 2
     work = N * K * out_hw[0] * out_hw[1] * (C // groups)
-    T = blas.workers(2 * work)
-    slots = T if nchunks >= CHUNKS_PER_WORKER * T else 1
+    slots = min(nchunks * S, blas.workers(2 * work))
     V = memory.scratch("winograd_v", slots * A2 * C * ntmax, x.dtype).reshape(slots, A2, C, ntmax)
     M = memory.scratch("winograd_m", slots * A2 * K * ntmax, x.dtype).reshape(slots, A2, K, ntmax)
     bias, has_bias = bias_operand(None if b is None else np.ascontiguousarray(b), x.dtype)
     args = (x, U, bias, has_bias, bool(relu), y)
-    conf = (m, padding[0], padding[1], groups, rows, blas.gemm_address(x.dtype.char), x.dtype)
     with blas.single_threaded():
-        if slots > 1:
-            pipeline.forward_workers(work, *args, V, M, *conf, np.zeros(2, np.int64))
-        else:
-            pipeline.forward_chunks(work, *args, V[0], M[0], *conf)
+        pipeline.forward_chunks(work, *args, V, M, m, padding[0], padding[1], groups, rows, S,
+                                blas.gemm_address(x.dtype.char), x.dtype, np.zeros(2, np.int64))
     return y
 
 

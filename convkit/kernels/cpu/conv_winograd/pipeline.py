@@ -52,48 +52,17 @@ def grad_filter_transform(dU, m, cs, dw):
         grad_filter_tiles(dU, k, m, cs, dw, tmp, wt)
 
 
-@twin
-def forward_chunks(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, rows, gemm, dtype):
-    """y = A^T [U * (B^T x B)] A (+ bias, ReLU) chunk by chunk (see the module docstring)."""
-    N, C = x.shape[0], x.shape[1]
-    K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    alpha = m + 2
-    TH, TW = (OH + m - 1) // m, (OW + m - 1) // m
-    Cg, Kg, units, ntmax = C // G, K // G, N * TH, V.shape[2]
-    size = V.itemsize
-    one, zero = dtype.type(1), dtype.type(0)
-    for u0 in range(0, units, rows):
-        nr = min(rows, units - u0)
-        nt = nr * TW
-        for c in prange(C):
-            zeros = np.zeros(x.shape[3], x.dtype)
-            tmp = np.empty((alpha, TW * m + 2), x.dtype)
-            for r in range(nr):
-                n, th = (u0 + r) // TH, (u0 + r) % TH
-                input_row(x, n, c, th * m - ph, pw, m, TW, V, r * TW, zeros, tmp)
-        for task in prange(alpha * alpha * G):
-            t, g = task // G, task % G
-            cblas_gemm(gemm, _NO_TRANS, _NO_TRANS, Kg, nt, Cg, one,
-                       U.ctypes.data + (t * K + g * Kg) * Cg * size, Cg,
-                       V.ctypes.data + (t * C + g * Cg) * ntmax * size, ntmax, zero,
-                       M.ctypes.data + (t * K + g * Kg) * ntmax * size, ntmax)
-        for k in prange(K):
-            tmp = np.empty((alpha, TW * m), x.dtype)
-            out = np.empty((m, TW * m), x.dtype)
-            bk = bias[k] if has_bias else zero
-            for r in range(nr):
-                n, th = (u0 + r) // TH, (u0 + r) % TH
-                output_row(M, k, r * TW, m, TW, y, n, th * m, bk, relu, tmp, out)
-
-
 @njit(inline="always")
-def _forward_chunk(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, u0, nr, gemm, dtype):
-    """Tile rows u0 .. u0 + nr - 1 of ``forward_chunks``, on one thread."""
-    N, C = x.shape[0], x.shape[1]
+def _forward_chunk(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, u0, nr, s, S, gemm,
+                   dtype):
+    """Tile rows u0 .. u0 + nr - 1 of the forward, output channels of slice s of S (within
+    each group), on one thread: input transform, GEMMs, output transform."""
+    C = x.shape[1]
     K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     alpha = m + 2
     TH, TW = (OH + m - 1) // m, (OW + m - 1) // m
     Cg, Kg, ntmax = C // G, K // G, V.shape[2]
+    k0, k1 = s * Kg // S, (s + 1) * Kg // S
     size = V.itemsize
     one, zero = dtype.type(1), dtype.type(0)
     zeros = np.zeros(x.shape[3], x.dtype)
@@ -104,36 +73,38 @@ def _forward_chunk(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, u0, nr, ge
             input_row(x, n, c, th * m - ph, pw, m, TW, V, r * TW, zeros, tmp)
     for t in range(alpha * alpha):
         for g in range(G):
-            cblas_gemm(gemm, _NO_TRANS, _NO_TRANS, Kg, nr * TW, Cg, one,
-                       U.ctypes.data + (t * K + g * Kg) * Cg * size, Cg,
+            cblas_gemm(gemm, _NO_TRANS, _NO_TRANS, k1 - k0, nr * TW, Cg, one,
+                       U.ctypes.data + (t * K + g * Kg + k0) * Cg * size, Cg,
                        V.ctypes.data + (t * C + g * Cg) * ntmax * size, ntmax, zero,
-                       M.ctypes.data + (t * K + g * Kg) * ntmax * size, ntmax)
+                       M.ctypes.data + (t * K + g * Kg + k0) * ntmax * size, ntmax)
     out = np.empty((m, TW * m), x.dtype)
-    for k in range(K):
-        bk = bias[k] if has_bias else zero
-        for r in range(nr):
-            n, th = (u0 + r) // TH, (u0 + r) % TH
-            output_row(M, k, r * TW, m, TW, y, n, th * m, bk, relu, tmp, out)
+    for g in range(G):
+        for k in range(g * Kg + k0, g * Kg + k1):
+            bk = bias[k] if has_bias else zero
+            for r in range(nr):
+                n, th = (u0 + r) // TH, (u0 + r) % TH
+                output_row(M, k, r * TW, m, TW, y, n, th * m, bk, relu, tmp, out)
 
 
 @twin
-def forward_workers(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, rows, gemm, dtype,
-                    counters):
-    """``forward_chunks`` with whole chunks shared out: V.shape[0] workers each take the next
-    chunk (counters[0]) and run its three phases alone, in their own V[slot], M[slot]
-    (counters[1]): no barrier between phases, the chunk stays in one core's cache. The same
-    GEMM calls and transforms as ``forward_chunks``, so the same bits."""
+def forward_chunks(x, U, bias, has_bias, relu, y, V, M, m, ph, pw, G, rows, S, gemm, dtype,
+                   counters):
+    """y = A^T [U * (B^T x B)] A (+ bias, ReLU): the V.shape[0] workers each take the next
+    (chunk, output-channel slice) item (counters[0]; S slices per chunk) and run its three
+    phases alone, in their own V[slot], M[slot] (counters[1]): no barrier between phases, and
+    the chunk stays in one core's cache. A slice transforms its chunk's input itself (S - 1
+    extra input transforms per chunk buy items for the workers where chunks are few)."""
     units = x.shape[0] * ((y.shape[2] + m - 1) // m)
-    nchunks = (units + rows - 1) // rows
+    items = (units + rows - 1) // rows * S
     for _ in prange(V.shape[0]):
         slot = fetch_add(counters, 1)
         while True:
-            chunk = fetch_add(counters, 0)
-            if chunk >= nchunks:
+            item = fetch_add(counters, 0)
+            if item >= items:
                 break
-            u0 = chunk * rows
+            u0 = item // S * rows
             _forward_chunk(x, U, bias, has_bias, relu, y, V[slot], M[slot], m, ph, pw, G, u0,
-                           min(rows, units - u0), gemm, dtype)
+                           min(rows, units - u0), item % S, S, gemm, dtype)
 
 
 @twin
