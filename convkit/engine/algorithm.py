@@ -32,6 +32,7 @@ turns timing off.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Optional
@@ -63,7 +64,7 @@ DIRECT_MAX_GEMM_ROWS = 2
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_SIDE = {"forward": 14, "backward_input": 14, "backward_weight": 7}
 # the float32 max error (relative to the largest output) auto accepts, as a multiple of
-# im2col's: F(4,3) measured 11-28x on the ResNet/VGG shapes it runs (planes >= 16), F(2,3)
+# im2col's: F(4,3) measured 9-28x on the ResNet/VGG shapes it runs (planes >= 16), F(2,3)
 # 0.7-2.6x (docs/algorithms-winograd.md); an order of magnitude inside the parity suites'
 # float32 tolerance. conv_winograd.tile_for keeps F(4,3) to where this holds
 WINOGRAD_ERROR_BOUND = 32
@@ -127,9 +128,18 @@ def rule(pass_name: str, weight_shape, groups: int, macs: int, conf=None, out_hw
         return "direct"
     if (device_type == "cpu" and conf is not None and out_hw is not None
             and winograd_qualifies(weight_shape, conf[0], conf[2])
-            and winograd_wins(pass_name, weight_shape, groups, out_hw)):
+            and winograd_wins(pass_name, weight_shape, groups, out_hw) and _winograd_runs()):
         return "winograd"
     return "im2col"
+
+
+@functools.lru_cache(maxsize=None)
+def _winograd_runs() -> bool:
+    """Whether numpy's BLAS has the cblas_?gemm the Winograd kernels call (both dtypes)."""
+    import numpy as np
+
+    from convkit.kernels.cpu.conv_winograd import available
+    return available(np.float32) and available(np.float64)
 
 
 def key(pass_name: str, input_shape, weight_shape, stride, padding, dilation, groups: int,
@@ -157,7 +167,7 @@ def run(pass_name: str, device_type: str, input_shape, weight_shape, conf, dtype
     if alg is not None:
         return call(alg)
     algorithms = ("direct", "im2col")
-    if winograd_qualifies(weight_shape, stride, dilation):
+    if winograd_qualifies(weight_shape, stride, dilation) and _winograd_runs():
         algorithms += ("winograd",)
     times = {a: float("inf") for a in algorithms}
     for a in algorithms:

@@ -62,7 +62,7 @@ def tile_for(out_hw, dtype) -> int:
     """The output tile m: 4 (2.25 multiplies per pixel and channel pair instead of 4) on planes
     of at least 16 pixels a side, else 2. ResNet's 14^2 plane padded to 16^2 by 4 x 4 tiles
     (31 % more) measured 1.2-1.9x F(2,3)'s time; its 7^2 pads to 8^2 either way. F(4,3)'s
-    float32 error is 11-28x im2col's on the 28^2 and 56^2 ResNet/VGG shapes
+    float32 error is 9-28x im2col's on the 28^2 and 56^2 ResNet/VGG shapes
     (docs/algorithms-winograd.md), inside engine.algorithm.WINOGRAD_ERROR_BOUND."""
     return 4 if min(out_hw) >= 16 else 2
 
