@@ -10,10 +10,10 @@ each has its own measure of how much work one output element gets:
 
 Under DIRECT_MAX_REDUCTION the direct loop nest wins (conv1 with one input channel, depthwise,
 3-channel image stems forward); above it, im2col + GEMM does, unless the GEMM would have at most
-DIRECT_MAX_GEMM_ROWS rows (K/groups: a depthwise conv with a large kernel, say). Tiny problems (under SMALL_MACS
-multiply-adds) run direct: no unfold and no BLAS call to pay for. Measured on the benchmark
-shapes (benchmarks/results/cpu-amd-epyc/full.md), this rule picks the faster kernel in every row
-where the two differ by more than 10 %.
+DIRECT_MAX_GEMM_ROWS rows (K/groups: a depthwise conv with a large kernel, say). Tiny problems
+(under SMALL_MACS multiply-adds) run direct: no unfold and no BLAS call to pay for. Measured on
+the benchmark shapes (benchmarks/results/cpu-amd-epyc/full.md), this rule picks the faster
+kernel in every row where the two differ by more than 10 %.
 
 On the CPU, a conv Winograd can compute (``winograd_qualifies``: 3x3, stride 1, dilation 1)
 runs "winograd" instead of im2col where :func:`winograd_wins` says so: both channel counts of a

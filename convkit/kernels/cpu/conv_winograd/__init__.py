@@ -1,9 +1,10 @@
 """Winograd 3x3 convolution F(m x m, 3 x 3), m = 2 or 4: fewer multiplies than the direct sum.
 
 x: (N, C, H, W), w: (K, Cg, 3, 3), y: (N, K, OH, OW); stride 1, dilation 1, any zero padding,
-G groups (the conv is checked above the kernels: ``convkit.engine.algorithm.check_winograd``). Each m x m output tile is computed from its alpha x alpha input patch d (alpha = m+2)
-as (Lavin & Gray 2016; ``convkit.kernels.reference.winograd_tile`` is the one-tile textbook
-version with B, G, A written out)
+G groups (the conv is checked above the kernels: ``convkit.engine.algorithm.check_winograd``).
+Each m x m output tile is computed from its alpha x alpha input patch d (alpha = m+2) as (Lavin
+& Gray 2016; ``convkit.kernels.reference.winograd_tile`` is the one-tile textbook version with
+B, G, A written out)
 
     Y = A^T [ sum_c (G w[k, c] G^T) * (B^T d_c B) ] A          (* elementwise)
 
