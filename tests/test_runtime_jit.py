@@ -9,7 +9,7 @@ from numba import prange
 
 import convkit.functional as CF
 from convkit.kernels.cpu import pool
-from convkit.runtime.jit import twin
+from convkit.runtime.jit import PARALLEL_MIN_WORK, twin
 
 
 def test_branchless_twin_compiles_each_type_once_then_refuses_implicit_compiles():
@@ -24,8 +24,12 @@ def test_branchless_twin_compiles_each_type_once_then_refuses_implicit_compiles(
         out = np.empty_like(x)
         clip_max(x.size, x, out)
         np.testing.assert_array_equal(out, np.maximum(x, 0))
+    # small work: only the serial twin ran, so only it compiled
+    assert len(clip_max.serial.signatures) == 3 and not clip_max.parallel.signatures
+    clip_max(PARALLEL_MIN_WORK, x, out)  # the parallel twin, compiled on its first launch
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert len(clip_max.parallel.signatures) == 1
     for dispatcher in (clip_max.serial, clip_max.parallel):
-        assert len(dispatcher.signatures) == 3
         assert not dispatcher._can_compile  # a new type goes through Twin._compile
 
 

@@ -13,7 +13,8 @@ predictable (CodeGenPrepare's select-to-branch and the x86 cmov converter). For 
 random data the guess is wrong and every other tap mispredicts (max-pool forward 3.8 ms instead of
 1.7 ms on N64 C32 28^2, measured here). ``twin(branchless=True)`` compiles its kernels with both
 rewrites switched off; the switch is process-wide in LLVM, so it is set only while convkit
-compiles such a kernel (the first call per argument types) and restored right after.
+compiles such a kernel (the first call per argument types, for the twin that call runs) and
+restored right after.
 CONVKIT_BRANCHLESS=0 compiles them with LLVM's defaults instead.
 """
 import threading
@@ -63,43 +64,41 @@ class Twin:
         self.serial = njit(cache=True, nogil=True, **options)(serial)
         self.__doc__ = fn.__doc__
         self._branchless = branchless and runtime.enabled("CONVKIT_BRANCHLESS")
-        self._ready = False  # branch-free: compiled once, and Numba's own compiling disabled
+        # branch-free twins compiled through _compile at least once, and from then on with
+        # Numba's own compiling disabled (Numba refuses that on a dispatcher with no signature)
+        self._ready = set()
 
-    def _compile(self, args) -> None:
-        """Compile (or load from cache) both twins for these argument types, branch-free."""
+    def _compile(self, args, dispatchers=None) -> None:
+        """Compile (or load from cache) the twins for these argument types, branch-free: both,
+        or only ``dispatchers`` (a call compiles just the twin it runs: compiling the other
+        costs as much again, and a problem size may never need it)."""
         with _COMPILE_LOCK:
             _set_llvm_options(1)
             try:
-                for dispatcher in (self.parallel, self.serial):
+                for dispatcher in dispatchers or (self.parallel, self.serial):
                     dispatcher.disable_compile(False)
                     try:
                         dispatcher.compile(tuple(numba.typeof(a) for a in args))
                     finally:
                         dispatcher.disable_compile(len(dispatcher.signatures) > 0)
+                    self._ready.add(dispatcher)
             finally:
                 _set_llvm_options(2)
-            self._ready = True
-
-    def _launch(self, work, args):
-        if work < PARALLEL_MIN_WORK:
-            return self.serial(*args)
-        return parallel_call(self.parallel, *args)
 
     def __call__(self, work, *args):
-        if not self._branchless:  # the common case inline: a tiny call's frames add up
-            if work < PARALLEL_MIN_WORK:
-                return self.serial(*args)
-            return parallel_call(self.parallel, *args)
-        if not self._ready:
-            self._compile(args)
+        serial = work < PARALLEL_MIN_WORK  # the common case inline: a tiny call's frames add up
+        if not self._branchless:
+            return self.serial(*args) if serial else parallel_call(self.parallel, *args)
+        dispatcher = self.serial if serial else self.parallel
+        if dispatcher not in self._ready:
+            self._compile(args, (dispatcher,))
         try:
-            return self._launch(work, args)
+            return self.serial(*args) if serial else parallel_call(self.parallel, *args)
         except TypeError:
-            # compilation is disabled on branch-free twins, so Numba refuses argument types not
-            # compiled yet (rather than compiling them with the default options): compile them
-            # branch-free and call again
-            self._compile(args)
-            return self._launch(work, args)
+            # Numba refuses argument types not compiled yet (its own compiling is off):
+            # compile them branch-free, for the twin this call runs, and call again
+            self._compile(args, (dispatcher,))
+            return self.serial(*args) if serial else parallel_call(self.parallel, *args)
 
 
 def twin(fn=None, **options):
