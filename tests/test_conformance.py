@@ -17,13 +17,15 @@ Three sources, each run against torch itself (never against convkit):
   gradgradcheck with ``check_batched_grad=True``, dtype casts), plus the module's Jacobian
   (``torch.autograd.functional.jacobian(vectorize=True)``) against the torch module's.
 
-Each test runs many cases (samples); every case is counted as passed, failed or skipped (with
-the reason) per op. The counts print at the end of the session; ``CONVKIT_CONFORMANCE_SUMMARY=
-path.md`` also writes them as a Markdown table, and ``python tests/test_conformance.py`` runs the
-suite and prints that table. What convkit does not claim is skipped with the reason (complex
-dtypes, int64 conv2d, Conv2d on zero input channels). The float64 gradient checks of the
-1440 max_pool2d samples run on every 24th sample (the samples are a product of shapes and
-arguments; all of them: ``CONVKIT_CONFORMANCE_FULL=1``); values, layouts and errors run on all.
+Each test runs many cases (samples); every case is counted per op as passed, failed (values,
+or "layout only": values equal, strides not torch's) or skipped with the reason. The counts
+print at the end of the module; ``CONVKIT_CONFORMANCE_SUMMARY=path.md`` also writes them as a
+Markdown table, and ``python tests/test_conformance.py [pytest args]`` runs the suite and prints
+that table. What convkit does not claim is skipped with the reason (complex dtypes, int64
+conv2d, Conv2d on zero input channels). max_pool2d's 1440 samples run in float32 as given; the
+other dtypes and layouts every 8th and the float64 gradient checks every 24th, counted as "not
+run (time)" (``CONVKIT_CONFORMANCE_FULL=1`` runs all). ``CONVKIT_CONFORMANCE_SHOW=N`` lists up
+to N failing cases per test (25).
 """
 from __future__ import annotations
 
@@ -854,10 +856,13 @@ class _nullcontext:
         return False
 
 
-if __name__ == "__main__":  # python tests/test_conformance.py: run, then print the table
-    md = os.path.join(os.getcwd(), "conformance-summary.md")
-    os.environ["CONVKIT_CONFORMANCE_SUMMARY"] = md
-    rc = pytest.main(["-q", "-p", "no:cacheprovider", __file__] + sys.argv[1:])
-    if os.path.exists(md):
-        print(open(md).read())
+if __name__ == "__main__":  # python tests/test_conformance.py [pytest args]: the Markdown table
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        md = os.path.join(tmp, "conformance.md")
+        os.environ["CONVKIT_CONFORMANCE_SUMMARY"] = md
+        rc = pytest.main(["-q", "-p", "no:cacheprovider", __file__] + sys.argv[1:])
+        if os.path.exists(md):
+            print(open(md).read())
     sys.exit(rc)
