@@ -3,18 +3,20 @@
 x: (N, C, H, W), y and gy: (N, K, OH, OW), G groups, Cg = C/G, Kg = K/G, alpha = m + 2,
 TH = ceil(OH/m), TW = ceil(OW/m); tile row u = n*TH + th (arrays as in ``tiles``). A chunk is
 ``rows`` consecutive tile rows, nt = rows*TW tiles: its transforms (V, M or Yh: alpha^2 x
-channels x ntmax) are the whole workspace, bounded by ``chunk_rows`` whatever N is. Per chunk:
+channels x ntmax) are a worker's whole workspace, bounded by ``chunk_rows`` whatever N is:
 
-    forward          V = input tiles (one task per channel)
+    forward          V = input tiles
                      M[t, g] = U[t, g] @ V[t, g]            (alpha^2 * G GEMMs: Kg x nt x Cg)
-                     y = output tiles of M, + bias, ReLU    (one task per channel)
+                     y = output tiles of M, + bias, ReLU
     backward_weight  V = input tiles, Yh = grad_output tiles
                      dU[t, g] += Yh[t, g] @ V[t, g]^T       (alpha^2 * G GEMMs: Kg x Cg x nt)
 
-Every task owns its outputs and the chunks run in order, so each element is summed in one fixed
-order (dU over the chunks, each GEMM single-threaded): the same bits for any thread count. The
-GEMMs are numpy's OpenBLAS ``cblas_?gemm`` called by address (as in ``conv_im2col``), from the
-parallel loop.
+``forward_chunks`` hands out (chunk, output-channel slice) items and ``weight_workers`` partial
+sums of dU, each run whole by one worker (no barrier between phases); ``weight_chunks`` (one
+chunk, or partials too large) runs each phase as a parallel loop. Items and partials depend on
+the shape only and every GEMM is single-threaded, so each element is summed in one fixed order:
+the same bits for any thread count. The GEMMs are numpy's OpenBLAS ``cblas_?gemm`` called by
+address (as in ``conv_im2col``), from the parallel loop.
 """
 import numpy as np
 from numba import njit, prange
