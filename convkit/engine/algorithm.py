@@ -18,10 +18,10 @@ kernel in every row where the two differ by more than 10 %.
 On the CPU, a conv Winograd can compute (``winograd_qualifies``: 3x3, stride 1, dilation 1)
 runs "winograd" instead of im2col where :func:`winograd_wins` says so: both channel counts of a
 group at least WINOGRAD_MIN_CHANNELS, an output plane at least WINOGRAD_MIN_SIDE[pass] on each
-side and at least WINOGRAD_MIN_TILES output tiles in the batch (the measurements are next to the
-constants). Its float32 error is bounded too: the
-tile (``conv_winograd.tile_for``) is F(4x4, 3x3) only where its measured error stays within
-WINOGRAD_ERROR_BOUND times im2col's (docs/algorithms-winograd.md).
+side and at least WINOGRAD_MIN_TILES[pass] output tiles in the batch (the measurements are
+next to the constants). Its float32 error is bounded too: the tile (``conv_winograd.tile_for``)
+is F(4x4, 3x3) only where its measured error stays within WINOGRAD_ERROR_BOUND times im2col's
+(docs/algorithms-winograd.md).
 CUDA stays on im2col (no Winograd kernels there).
 
 Like ``torch.backends.cudnn.benchmark``, timing is opt-in: with :func:`set_benchmark` (or
@@ -67,9 +67,10 @@ WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_SIDE = {"forward": 14, "backward_input": 14, "backward_weight": 7}
 # output tiles (images x tiles per image) below which the per-call costs (the filter transform,
 # the weight gradient's partial sums, few work items) eat the saving: the same ResNet-18 convs
-# at N=2 (98 tiles at 28^2 and 14^2) measured 1.1-2.6x im2col's time in the weight gradient
-# and 0.9-1.4x elsewhere; N=8 has 392 tiles at 28^2 and 14^2, 128 at 7^2
-WINOGRAD_MIN_TILES = 256
+# at N=2 (98 tiles at 28^2 and 14^2, one chunk) measured 1.1-2.6x im2col's time in the weight
+# gradient and 0.9-1.4x elsewhere; N=8 has 392 tiles at 28^2 and 14^2, 128 at 7^2, where the
+# weight gradient (two chunks) measured 0.78-0.83x im2col's (1 and 2 threads)
+WINOGRAD_MIN_TILES = {"forward": 256, "backward_input": 256, "backward_weight": 128}
 # the float32 max error (relative to the largest output) auto accepts, as a multiple of
 # im2col's: F(4,3) measured 9-28x on the ResNet/VGG shapes it runs (planes >= 16), F(2,3)
 # 0.7-2.6x (docs/algorithms-winograd.md); an order of magnitude inside the parity suites'
@@ -122,7 +123,8 @@ def winograd_wins(pass_name: str, weight_shape, groups: int, out_hw, images: int
     m = tile_for(out_hw, None)
     tiles = images * -(-out_hw[0] // m) * -(-out_hw[1] // m)
     return (min(Cg, K // groups) >= WINOGRAD_MIN_CHANNELS
-            and min(out_hw) >= WINOGRAD_MIN_SIDE[pass_name] and tiles >= WINOGRAD_MIN_TILES)
+            and min(out_hw) >= WINOGRAD_MIN_SIDE[pass_name]
+            and tiles >= WINOGRAD_MIN_TILES[pass_name])
 
 
 def rule(pass_name: str, weight_shape, groups: int, macs: int, conf=None, out_hw=None,
