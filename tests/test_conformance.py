@@ -48,6 +48,13 @@ from torch.testing._internal import common_nn  # noqa: E402
 from torch.testing._internal.common_methods_invocations import op_db  # noqa: E402
 from torch.testing._internal.common_modules import ModuleErrorEnum, module_db  # noqa: E402
 
+# common_utils freezes torch.backends' flags at import (torch.backends.disable_global_flags(),
+# for PyTorch's own suite): this module is imported at collection, so undo it, or every later
+# test in the session that sets a cudnn / deterministic flag (convkit train) raises
+# (torch.backends is a module wrapper: the flag lives in its functions' globals)
+torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+assert not torch.backends.flags_frozen()
+
 import convkit  # noqa: E402
 import convkit.functional as CF  # noqa: E402
 from convkit import nn as cnn  # noqa: E402

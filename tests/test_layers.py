@@ -8,7 +8,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "convkit"
 
 # lower number = lower layer; a module may import its own layer or lower ones
-LAYERS = {"runtime": 0, "kernels": 1, "engine": 2, "autograd": 3, "functional": 4, "nn": 5}
+LAYERS = {"runtime": 0, "kernels": 1, "engine": 2, "autograd": 3, "functional": 4, "nn": 5,
+          "routing": 5}  # routing: the functional calls of a model, beside the modules
 TOP = 6  # models, data, utils, train, cli, bench, testing, ...: applications of the layers above
 MAX_LINES = 700
 
