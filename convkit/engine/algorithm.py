@@ -18,8 +18,8 @@ kernel in every row where the two differ by more than 10 %.
 On the CPU, a conv Winograd can compute (``winograd_qualifies``: 3x3, stride 1, dilation 1)
 runs "winograd" instead of im2col where :func:`winograd_wins` says so: both channel counts of a
 group at least WINOGRAD_MIN_CHANNELS, an output plane at least WINOGRAD_MIN_SIDE[pass] on each
-side and at least WINOGRAD_MIN_TILES[pass] output tiles in the batch (the measurements are
-next to the constants). Its float32 error is bounded too: the tile (``conv_winograd.tile_for``)
+side and at least WINOGRAD_MIN_MACS multiply-adds (the measurements are next to the
+constants). Its float32 error is bounded too: the tile (``conv_winograd.tile_for``)
 is F(4x4, 3x3) only where its measured error stays within WINOGRAD_ERROR_BOUND times im2col's
 (docs/algorithms-winograd.md).
 CUDA stays on im2col (no Winograd kernels there).
@@ -34,7 +34,6 @@ turns timing off.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 from typing import Optional
@@ -65,12 +64,11 @@ DIRECT_MAX_GEMM_ROWS = 2
 # 0.7-1.6 either way: left to im2col until a quiet machine decides
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_SIDE = {"forward": 14, "backward_input": 14, "backward_weight": 7}
-# output tiles (images x tiles per image) below which the per-call costs (the filter transform,
-# the weight gradient's partial sums, few work items) eat the saving: the same ResNet-18 convs
-# at N=2 (98 tiles at 28^2 and 14^2, one chunk) measured 1.1-2.6x im2col's time in the weight
-# gradient and 0.9-1.4x elsewhere; N=8 has 392 tiles at 28^2 and 14^2, 128 at 7^2, where the
-# weight gradient (two chunks) measured 0.78-0.83x im2col's (1 and 2 threads)
-WINOGRAD_MIN_TILES = {"forward": 256, "backward_input": 256, "backward_weight": 128}
+# multiply-adds below which Winograd's per-call costs (the filter transform, more and smaller
+# GEMM calls) eat the saving: ResNet-18's stride-1 3x3 convs have 2.3e8 at N=2, where Winograd
+# measured 0.85-2.8x im2col's time (2 threads, two runs), and 9.2e8 at N=8, where it wins
+# (0.58-0.73x at one thread)
+WINOGRAD_MIN_MACS = 1 << 29
 # the float32 max error (relative to the largest output) auto accepts, as a multiple of
 # im2col's: F(4,3) measured 9-28x on the ResNet/VGG shapes it runs (planes >= 16), F(2,3)
 # 0.7-2.6x (docs/algorithms-winograd.md); an order of magnitude inside the parity suites'
@@ -114,17 +112,12 @@ def check_winograd(weight_shape, stride, dilation, op: str = "conv2d()") -> None
             f"{tuple(dilation)}; use 'auto', 'im2col' or 'direct'")
 
 
-def winograd_wins(pass_name: str, weight_shape, groups: int, out_hw, images: int) -> bool:
-    """Whether ``auto`` runs Winograd for this pass of a qualifying conv on ``images`` images
-    (module docstring)."""
-    from convkit.kernels.cpu.conv_winograd import tile_for
-
+def winograd_wins(pass_name: str, weight_shape, groups: int, out_hw, macs: int) -> bool:
+    """Whether ``auto`` runs Winograd for this pass of a qualifying conv of ``macs``
+    multiply-adds (module docstring)."""
     K, Cg = weight_shape[0], weight_shape[1]
-    m = tile_for(out_hw, None)
-    tiles = images * -(-out_hw[0] // m) * -(-out_hw[1] // m)
     return (min(Cg, K // groups) >= WINOGRAD_MIN_CHANNELS
-            and min(out_hw) >= WINOGRAD_MIN_SIDE[pass_name]
-            and tiles >= WINOGRAD_MIN_TILES[pass_name])
+            and min(out_hw) >= WINOGRAD_MIN_SIDE[pass_name] and macs >= WINOGRAD_MIN_MACS)
 
 
 def rule(pass_name: str, weight_shape, groups: int, macs: int, conf=None, out_hw=None,
@@ -142,8 +135,8 @@ def rule(pass_name: str, weight_shape, groups: int, macs: int, conf=None, out_hw
         return "direct"
     if (device_type == "cpu" and conf is not None and out_hw is not None
             and winograd_qualifies(weight_shape, conf[0], conf[2])
-            and _winograd_runs() and winograd_wins(
-                pass_name, weight_shape, groups, out_hw, macs // (K * Cg * 9 * math.prod(out_hw)))):
+            and winograd_wins(pass_name, weight_shape, groups, out_hw, macs)
+            and _winograd_runs()):
         return "winograd"
     return "im2col"
 
