@@ -63,7 +63,7 @@ def resnet18(num_classes: int = 1000):
     return nn.Sequential(*layers)
 
 
-def child(batch: int, size: int, steps: int) -> dict:
+def child(batch: int, size: int, steps: int, algorithm: str) -> dict:
     """One process's timings (seconds)."""
     t0 = time.perf_counter()
     import torch
@@ -72,7 +72,7 @@ def child(batch: int, size: int, steps: int) -> dict:
     import convkit
     t_torch = time.perf_counter()
     torch.manual_seed(0)
-    model = convkit.convert(resnet18()).train()
+    model = convkit.convert(resnet18(), algorithm=algorithm).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(batch, 3, size, size)
     target = torch.randint(0, 1000, (batch,))
@@ -90,12 +90,12 @@ def child(batch: int, size: int, steps: int) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def run_child(cache: str, batch: int, size: int, steps: int) -> dict:
+def run_child(cache: str, batch: int, size: int, steps: int, algorithm: str) -> dict:
     """A fresh process on ``cache``: its timings, and its wall time from start to exit."""
     env = dict(os.environ, NUMBA_CACHE_DIR=cache, **{_CHILD: "1"})
     t = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--batch", str(batch), "--size", str(size),
-                          "--steps", str(steps)], env=env, capture_output=True, text=True)
+                          "--steps", str(steps), "--algorithm", algorithm], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -108,16 +108,18 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=6, help="steps per run (>= 3; default 6)")
+    p.add_argument("--algorithm", default="auto", help="convert(model, algorithm=...)")
     p.add_argument("--precompile", action="store_true",
                    help="run `convkit warm-cache` on the empty cache first, and time it")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if os.environ.get(_CHILD):
-        print(json.dumps(child(args.batch, args.size, max(3, args.steps))))
+        print(json.dumps(child(args.batch, args.size, max(3, args.steps), args.algorithm)))
         return 0
     from convkit.bench.machine import cpu_model
 
-    results = {"cpu": cpu_model(), "batch": args.batch, "size": args.size, "runs": {}}
+    results = {"cpu": cpu_model(), "batch": args.batch, "size": args.size,
+               "algorithm": args.algorithm, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="convkit-first-calls-") as cache:
         order = ["empty", "warm"]
         if args.precompile:
@@ -127,13 +129,14 @@ def main(argv=None) -> int:
             results["warm_cache_s"] = time.perf_counter() - t
             order = ["precompiled", "warm"]
         for name in order:
-            r = run_child(cache, args.batch, args.size, max(3, args.steps))
+            r = run_child(cache, args.batch, args.size, max(3, args.steps), args.algorithm)
             results["runs"][name] = r
             print(f"{name:>12}: import {r['import_s']:.2f} s, convert {r['convert_s']:.2f} s, "
                   f"steps {' '.join(f'{s:.2f}' for s in r['steps_s'])} s; first step "
                   f"{r['first_over_steady_s']:+.2f} s over the steady {r['steady_s']:.2f} s",
                   flush=True)
     print(f"CPU: {results['cpu']}, N{args.batch} 3x{args.size}x{args.size}, "
+          f"algorithm={args.algorithm}, "
           f"{results['runs'][order[0]]['threads']} threads")
     if "warm_cache_s" in results:
         print(f"convkit warm-cache on the empty cache: {results['warm_cache_s']:.1f} s")
