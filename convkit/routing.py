@@ -64,7 +64,10 @@ def _same_dtype(input, *others) -> bool:
     them as torch's autocast would)."""
     if torch.is_autocast_enabled(input.device.type):
         return True
-    return all(t is None or t.dtype == input.dtype for t in others)
+    for t in others:  # (a loop: see autograd._suggests_channels_last)
+        if t is not None and t.dtype != input.dtype:
+            return False
+    return True
 
 
 def _conv2d(algorithm, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

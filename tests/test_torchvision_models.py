@@ -13,10 +13,12 @@ copies); the rest trains as in train mode (BatchNorm on batch statistics, auxili
 Smaller inputs are not cheaper to judge: at 32x32 the last BatchNorms of EfficientNet, RegNet or
 MobileNet see one pixel of two images, and torch's own float32 run lands 10-100 % away from the
 float64 one. The models of ``CI_MODELS`` (one or two of each family) run in CI's second torch
-stage; the other builders are marked slow (``pytest -m slow tests/test_torchvision_models.py``).
+stage; the other builders are marked slow and skipped unless ``CONVKIT_TORCHVISION_MODELS=all``
+(the largest, ViT-H/14 and RegNetY-128GF, need more than 24 GiB of memory in three copies).
 """
 import copy
 import fnmatch
+import os
 
 import pytest
 import torch
@@ -64,7 +66,10 @@ def _lookup(table, name, default):
 
 def _params():
     names = torchvision.models.list_models(module=torchvision.models)
-    return [n if n in CI_MODELS else pytest.param(n, marks=pytest.mark.slow) for n in names]
+    everything = os.environ.get("CONVKIT_TORCHVISION_MODELS") == "all"
+    later = [pytest.mark.slow, pytest.mark.skipif(
+        not everything, reason="not in CI_MODELS: CONVKIT_TORCHVISION_MODELS=all runs it")]
+    return [n if n in CI_MODELS else pytest.param(n, marks=later) for n in names]
 
 
 def _no_randomness(model: nn.Module) -> nn.Module:

@@ -188,8 +188,14 @@ def _batched() -> bool:
 
 
 def _suggests_channels_last(*tensors) -> bool:
-    """torch would lay a result of these tensors out channels-last (never under a vmap)."""
-    return not _batched() and any(ops.channels_last(t) for t in tensors)
+    """torch would lay a result of these tensors out channels-last (never under a vmap). A loop,
+    not ``any`` over a generator: dynamo 2.14 breaks the graph closing a generator left open."""
+    if _batched():
+        return False
+    for t in tensors:
+        if ops.channels_last(t):
+            return True
+    return False
 
 
 def _laid_out(t: torch.Tensor, channels_last: bool) -> torch.Tensor:

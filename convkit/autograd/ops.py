@@ -165,8 +165,10 @@ def with_strides(t: Tensor, strides) -> Tensor:
 
 
 def _result_format(*tensors) -> torch.memory_format:
-    return torch.channels_last if any(channels_last(t) for t in tensors) \
-        else torch.contiguous_format
+    for t in tensors:  # (a loop: see autograd._suggests_channels_last)
+        if channels_last(t):
+            return torch.channels_last
+    return torch.contiguous_format
 
 
 def _in_float32(impl, *args):
