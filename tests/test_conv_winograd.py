@@ -184,7 +184,11 @@ def test_auto_picks_winograd_only_where_it_qualifies():
     assert pick(*resnet, stride=2) != "winograd"
     assert pick((8, 64, 56, 56), (64, 1, 3, 3), groups=64) == "direct"   # depthwise
     assert pick((8, 64, 56, 56), (64, 64, 1, 1)) == "im2col"
-    assert pick((2, 128, 28, 28), (128, 128, 3, 3)) == "im2col"      # too little work
+    assert pick((1, 128, 28, 28), (128, 128, 3, 3)) == "winograd"    # N=1 ResNet-18 layer 2
+    assert pick((1, 64, 14, 14), (64, 64, 3, 3)) == "im2col"         # too little work
+    assert pick((8, 512, 7, 7), (512, 512, 3, 3)) == "im2col"        # 7x7: forward stays
+    assert pick((8, 512, 7, 7), (512, 512, 3, 3), pass_name="backward_weight") == "winograd"
+    assert pick((8, 32, 14, 14), (64, 32, 3, 3)) == "im2col"         # 32 input channels
 
 
 def test_auto_runs_the_winograd_kernel_bit_for_bit():

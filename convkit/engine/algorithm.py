@@ -54,21 +54,23 @@ DIRECT_MAX_REDUCTION = 32
 # 1x255 on 3x512^2 0.09x, both passes; K/groups = C/groups = 4 ties, 8 favours im2col, measured)
 DIRECT_MAX_GEMM_ROWS = 2
 
-# Winograd where it wins (winograd_wins). Measured here (AMD EPYC Zen 4, 2 cores shared with
-# other jobs, load 6-19, so +-30 % noise; winograd / im2col time, ResNet-18 N8): 64 channels
-# at 56^2 fwd 0.52-0.87, bwd-input 0.69-0.98, weight 0.82; 128 at 28^2 fwd 0.53-0.93,
-# bwd-input 0.92-0.97, weight 0.78-1.10; 256 at 14^2 (F(2,3)) fwd 0.51-0.52, bwd-input
-# 0.54-0.70, weight 0.73-1.03; 512 at 7^2 fwd 0.88-2.1, bwd-input 1.1-1.2, weight 0.64-0.81
-# (the 38 MB transformed filter and 7x7 planes padded to 8x8 cost more than the multiplies
-# saved, except in the weight gradient). SimpleCNN conv2 (32 -> 64 channels, 14^2) measured
-# 0.7-1.6 either way: left to im2col until a quiet machine decides
+# Winograd where it wins (winograd_wins). Measured on a quiet AMD EPYC Zen 4 (AVX-512, 2
+# threads, load < 0.5; winograd / im2col time per pass, ResNet-18's stride-1 3x3 convs):
+#   N=1: 64 ch 56^2 fwd 0.64, bwd-input 0.79, weight 0.37; 128 ch 28^2 0.71 / 0.72 / 0.32;
+#        256 ch 14^2 0.47 / 0.57 / 0.21; 512 ch 7^2 1.33 / 1.22 / 0.27
+#   N=2: 0.76 / 0.83 / 0.77; 0.95 / 0.95 / 0.55; 0.83 / 0.85 / 0.47; 1.00 / 1.05 / 0.51
+#   N=4: 0.63 / 0.63 / 0.79; 0.75 / 0.75 / 0.78; 0.68 / 0.75 / 0.71; 0.69 / 0.83 / 0.49
+#   N=8 (bench --interleave): 0.65 / 0.66 / 0.80; 0.63 / 0.65 / 0.86; 0.58 / 0.60 / 0.75;
+#        1.06 / 1.02 / 0.67
+# so Winograd from 64 channels a group (SimpleCNN conv2's 32 -> 64 at 14^2, N=64: fwd 0.91,
+# bwd-input 1.05, weight 0.96, left to im2col), on planes of at least 14 a side for the
+# forward and input gradient (7x7 planes padded to 8x8 tiles and layer 4's 38 MB transformed
+# filter: a loss at N=1-2 and N=8) and 7 for the weight gradient. An earlier threshold of
+# 2^29 multiply-adds came from timings on a machine loaded by other jobs; quiet, Winograd wins
+# down to N=1 (1.2e8), so only problems far below that stay on im2col.
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_SIDE = {"forward": 14, "backward_input": 14, "backward_weight": 7}
-# multiply-adds below which Winograd's per-call costs (the filter transform, more and smaller
-# GEMM calls) eat the saving: ResNet-18's stride-1 3x3 convs have 2.3e8 at N=2, where Winograd
-# measured 0.85-2.8x im2col's time (2 threads, two runs), and 9.2e8 at N=8, where it wins
-# (0.58-0.73x at one thread)
-WINOGRAD_MIN_MACS = 1 << 29
+WINOGRAD_MIN_MACS = 1 << 24
 # the float32 max error (relative to the largest output) auto accepts, as a multiple of
 # im2col's: F(4,3) measured 9-28x on the ResNet/VGG shapes it runs (planes >= 16), F(2,3)
 # 0.7-2.6x (docs/algorithms-winograd.md); an order of magnitude inside the parity suites'
