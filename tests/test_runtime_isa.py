@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from convkit.kernels import cpu as K
-from convkit.kernels.cpu import conv_im2col
+from convkit.kernels.cpu import conv_im2col, conv_winograd
 from convkit.kernels.cpu.conv_im2col import cblas_workers
 from convkit.kernels.cpu.isa_specs import kernel_specs
 from convkit.runtime import isa
@@ -139,6 +139,15 @@ def _call_every_wrapper(dtype):
                 y = cblas_workers.forward(x, w, a(8), stride, p1, d1, 1, out_hw, True)
                 cblas_workers.backward_input(y, w, x.shape, stride, p1, d1, 1)
                 cblas_workers.backward_weight(x, y, w.shape, stride, p1, d1, 1)
+    # Winograd: forward (and backward_input through it), the weight gradient in one sum and
+    # in partial sums (one tile row a chunk: several chunks)
+    if conv_winograd.available(dtype):
+        x, w = a(2, 8, 10, 10), a(8, 8, 3, 3)
+        y = conv_winograd.forward(x, w, a(8), s1, p1, d1, 1, (10, 10), True)
+        conv_winograd.backward_input(y, w, x.shape, s1, p1, d1, 1)
+        conv_winograd.backward_weight(x, y, w.shape, s1, p1, d1, 1)
+        with mock.patch.multiple(conv_winograd, WORKSPACE_BYTES=1, MIN_TILES=1):
+            conv_winograd.backward_weight(x, y, w.shape, s1, p1, d1, 1)
     x = a(2, 8, 10, 10)
     for kernel, stride, padding in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1))]:
         y, idx = K.max_pool2d_forward(x, kernel, stride, padding, (1, 1), False)

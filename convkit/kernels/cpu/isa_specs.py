@@ -24,6 +24,9 @@ from convkit.kernels.cpu.conv_direct import (
     forward_shifted,
 )
 from convkit.kernels.cpu.conv_im2col import cblas_workers, unfold
+from convkit.kernels.cpu.conv_winograd import pipeline as winograd
+from convkit.kernels.cpu.conv_winograd.transforms import constants
+from convkit.runtime import blas
 
 # the example problem: N, C, H, W, K, 3x3 filter, stride 1, padding 1, one group
 N, C, H, W, K, KH, KW = 2, 8, 10, 10, 8, 3, 3
@@ -46,6 +49,13 @@ def kernel_specs(dtype) -> list:
     Hp = OH + (KH - 1) * DILATION[0]
     itype, *keys = pool._KEYS[dt]
     PH, PW = H // 2, W // 2
+    # conv_winograd: F(2x2, 3x3) transforms of 4 x 4 points; V and M as the wrapper's scratch
+    # (slots, points, channels, tiles), the weight gradient's chunks one slot of each
+    A2, TILES = 16, 25
+    U, cs = np.zeros((A2, K, Cg), dt), constants(dt)
+    V, M = np.zeros((1, A2, C, TILES), dt), np.zeros((1, A2, K, TILES), dt)
+    gemm = blas.gemm_address(dt.char) or 0
+    wino = (2, *PADDING, GROUPS, 1)
     return [
         # conv_direct/<module>.forward / backward_input / backward_weight / bias
         ("conv_direct.forward_shifted", forward_shifted._forward_shifted,
@@ -84,6 +94,17 @@ def kernel_specs(dtype) -> list:
         # compiles its worker, which T == 1 calls alone)
         *((f"conv_im2col.cblas_{name}", team, (np.zeros(cblas_workers.NARGS, np.int64), dt, 2))
           for name, (_, team) in cblas_workers._PASSES.items()),
+        # conv_winograd.forward / backward_weight (backward_input runs forward's kernels)
+        ("conv_winograd.filter_transform", winograd.filter_transform,
+         (np.ascontiguousarray(w), 2, cs, U)),
+        ("conv_winograd.grad_filter_transform", winograd.grad_filter_transform,
+         (U, 2, cs, np.zeros_like(w))),
+        ("conv_winograd.forward_chunks", winograd.forward_chunks,
+         (x, U, b, has_bias, False, y, V, M, *wino, 1, gemm, dt, np.zeros(2, np.int64))),
+        ("conv_winograd.weight_chunks", winograd.weight_chunks,
+         (x, y, U, V[0], M[0], *wino, gemm, dt)),
+        ("conv_winograd.weight_workers", winograd.weight_workers,
+         (x, y, U[None], V, M, *wino, gemm, dt, np.zeros(2, np.int64))),
         # pool.max_pool2d_forward (general and 2x2 paths) / max_pool2d_backward
         ("pool.max_pool2d_forward", pool._max_pool2d_forward,
          (x.reshape(N * C, H * W).view(itype), H, W, 3, 3, 2, 2, 1, 1, 1, 1,
