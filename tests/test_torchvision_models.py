@@ -14,7 +14,8 @@ Smaller inputs are not cheaper to judge: at 32x32 the last BatchNorms of Efficie
 MobileNet see one pixel of two images, and torch's own float32 run lands 10-100 % away from the
 float64 one. The models of ``CI_MODELS`` (one or two of each family) run in CI's second torch
 stage; the other builders are marked slow and skipped unless ``CONVKIT_TORCHVISION_MODELS=all``
-(the largest, ViT-H/14 and RegNetY-128GF, need more than 24 GiB of memory in three copies).
+(the largest, ViT-H/14 and RegNetY-128GF, need more than 24 GiB of memory in three copies, and
+are skipped with that reason).
 """
 import copy
 import fnmatch
@@ -64,12 +65,19 @@ def _lookup(table, name, default):
     return default
 
 
+# the two largest builders (632M and 645M parameters)
+GIANTS = ["vit_h_14", "regnet_y_128gf"]
+
+
 def _params():
     names = torchvision.models.list_models(module=torchvision.models)
     everything = os.environ.get("CONVKIT_TORCHVISION_MODELS") == "all"
     later = [pytest.mark.slow, pytest.mark.skipif(
         not everything, reason="not in CI_MODELS: CONVKIT_TORCHVISION_MODELS=all runs it")]
-    return [n if n in CI_MODELS else pytest.param(n, marks=later) for n in names]
+    giant = [pytest.mark.slow, pytest.mark.skip(
+        reason="600M+ parameters: three copies (one float64) with gradients exceed 24 GiB")]
+    return [n if n in CI_MODELS else pytest.param(n, marks=giant if n in GIANTS else later)
+            for n in names]
 
 
 def _no_randomness(model: nn.Module) -> nn.Module:
