@@ -30,11 +30,17 @@ import convkit
 torchvision = pytest.importorskip("torchvision")
 
 # convkit's distance from the float64 truth, at most this many times torch's own float32 one,
-# or FLOOR, whichever is larger: convkit sums in other orders, and Winograd's F(4x4, 3x3)
-# transforms round more than a direct sum (vgg11_bn's gradient: 1.7e-4 with auto's Winograd
-# convs, 2.5e-6 with im2col, torch's own 2.1e-6); a wrong kernel lands at distances of order 1
+# or FLOOR, whichever is larger. convkit sums in other orders, and Winograd's F(4x4, 3x3)
+# transforms round more than a direct sum; where the float64 run has a near tie (two values of
+# a max-pool window, a pre-ReLU value near 0), any other float32 rounding can take the other
+# branch and move the whole gradient: torch itself, run channels-last, lands 7.9e-3 from float64
+# on shufflenet_v2_x1_5 (6.3e-5 in NCHW) and 3.0e-4 on vgg19 (1.3e-6), and convkit's im2col
+# alone 1.5e-3 on vgg19 (one conv swapped in is enough: a single branch taken otherwise; each
+# conv's own gradients are within 2x torch's error given the same inputs). FLOOR sits above
+# such branch flips and below a wrong kernel: weight gradients scaled by 1.05 land at 3e-2 to
+# 5e-2 (resnet18, vgg11_bn, mobilenet_v2)
 FACTOR = 16
-FLOOR = 1e-3
+FLOOR = 1e-2
 BATCH = 2
 SIZE = 64
 
