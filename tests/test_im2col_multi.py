@@ -101,39 +101,3 @@ def test_multi_image_blocks():
     assert CW.multi_images(1000, 1) == 192
     assert CW.multi_images(16, 127) == 2
     assert CW.multi_images(3, 64) == 3
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_one_block_runs_its_gemms_on_the_workers_threads_with_the_same_bits(monkeypatch, dtype):
-    # ResNet-18's layer 4 at N=2: one image block, so one worker; its GEMMs get the OpenBLAS
-    # threads the batch is worth instead of one (OpenBLAS splits rows and columns, never the
-    # depth: the same bits for any thread count)
-    from convkit.runtime import blas
-
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 256, 7, 7)).astype(dtype)
-    w = rng.standard_normal((256, 256, 3, 3)).astype(dtype)
-    gy = rng.standard_normal((2, 256, 7, 7)).astype(dtype)
-    conf = ((1, 1), (1, 1), (1, 1), 1)
-    assert CW.multi_images(2, 49) == 2  # one block
-    asked, real = [], blas.threads
-
-    def threads(n):
-        asked.append(n)
-        return real(n)
-
-    monkeypatch.setattr(blas, "threads", threads)
-    results = []
-    for t in (1, 2, 4, 3):
-        monkeypatch.setattr(blas, "workers", lambda flops, t=t: t)
-        asked.clear()
-        results.append((CW.forward(x, w, None, *conf, (7, 7)),
-                        CW.backward_input(gy, w, x.shape, *conf),
-                        CW.backward_weight(x, gy, w.shape, *conf)))
-        assert asked[:2] == [t, t]  # (the weight gradient has a block per image here)
-    for got in results[1:]:
-        for a, b in zip(got, results[0]):
-            assert a.tobytes() == b.tobytes()
-    ref = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), padding=1)
-    tol = 1e-3 if dtype == np.float32 else 1e-10
-    torch.testing.assert_close(torch.from_numpy(results[1][0]).double(), ref, atol=tol, rtol=tol)

@@ -6,11 +6,14 @@ OpenMP pool and Numba's workers on a 2-core machine the three pools steal each o
 threads, 53 ms with one). So convkit runs each BLAS call single-threaded (OpenBLAS' thread count
 is set to 1 for the duration of a convkit GEMM batch and restored afterwards) and gets its
 parallelism by splitting the work into independent GEMMs (Numba workers calling ``cblas_?gemm``
-by address, or numpy.matmul from a thread pool: BLAS releases the GIL). A batch that is a single
-GEMM block (one worker) gives OpenBLAS the threads instead (``threads``), for that call only. Where numpy's BLAS is not
+by address, or numpy.matmul from a thread pool: BLAS releases the GIL). Where numpy's BLAS is not
 OpenBLAS the thread count is left alone. The thread count is process-wide in OpenBLAS: another
 Python thread's numpy call that overlaps a convkit GEMM batch runs single-threaded too.
 CONVKIT_BLAS_ONE_THREAD=0 leaves OpenBLAS' thread count alone (then expect oversubscription).
+Even a batch that is one GEMM block (one worker: ResNet-18's layer 4 at N=2) stays on one
+OpenBLAS thread: given two, that conv ran 0.56x its time alone, but a whole ResNet-18 step
+(torchvision, N2 224^2, bench --model on a quiet 2-core Zen 4) went from 1.47x torch to 2.16x,
+every later op sharing its cores with OpenBLAS' spinning threads.
 Nothing is looked up at import: the libraries are found on the first GEMM.
 """
 from __future__ import annotations
@@ -88,22 +91,12 @@ def gemm_address(dtype_char: str):
 @contextmanager
 def single_threaded():
     """OpenBLAS at one thread for the duration (restored after); see the module docstring."""
-    with threads(1):
-        yield
-
-
-@contextmanager
-def threads(n: int):
-    """OpenBLAS at ``n`` threads for the duration (restored after): 1 for GEMMs split across
-    convkit's workers, more for one GEMM that is the whole batch (``conv_im2col``'s single
-    image block). OpenBLAS splits a GEMM's rows and columns among its threads, never the depth,
-    so each element is summed in the same order for any ``n``."""
     get_threads, set_threads = _openblas_threads()
     if set_threads is None or not runtime.enabled("CONVKIT_BLAS_ONE_THREAD"):
         yield
         return
     before = get_threads()
-    set_threads(n)
+    set_threads(1)
     try:
         yield
     finally:

@@ -409,19 +409,16 @@ _PASSES = {"forward": (_forward_worker, _forward_team),
            "backward_weight_rows": (_backward_weight_rows_worker, _backward_weight_rows_team)}
 
 
-def _run(pass_name, args, dtype, T, threads=1):
+def _run(pass_name, args, dtype, T):
     """T workers, each taking image blocks until none is left: a parallel loop over the workers
-    (on the OpenMP pool where ``convkit.runtime.openmp`` installed it), each GEMM on one
-    OpenBLAS thread; or, for T == 1, the worker alone with its GEMMs on ``threads`` OpenBLAS
-    threads (a batch that is one image block, e.g. ResNet-18's layer 4 at N=2: one worker
-    alone ran it at half the machine)."""
+    (on the OpenMP pool where ``convkit.runtime.openmp`` installed it), or the worker alone for
+    T == 1."""
     worker, team = _PASSES[pass_name]
     dtype = np.dtype(dtype)
-    if T > 1:
-        with blas.single_threaded():
+    with blas.single_threaded():
+        if T > 1:
             parallel_call(team, args, dtype, T)
-    else:
-        with blas.threads(threads):
+        else:
             worker(args, dtype)
 
 
@@ -478,8 +475,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
     multi = P < MULTI_MAX_P
     nb = multi_images(N, P) if multi else block_images(N, C * KH * KW, P, x.itemsize)
     nblocks = -(-N // nb)
-    threads = blas.workers(2 * N * K * Cg * KH * KW * P)
-    T = min(nblocks, threads)
+    T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
     rows = not multi and uses_rows(w.shape, stride)
     if rows:
         scratch = _rows_scratch(T, C, w.shape, out_hw, dilation, x.dtype)
@@ -493,8 +489,7 @@ def forward(x, w, b, stride, padding, dilation, groups, out_hw, relu=False):
     args = _args(x.shape, w.shape, (stride, padding, dilation, groups), out_hw, nb, x.dtype,
                  x=x.ctypes.data, wt=wc.ctypes.data, b=0 if b is None else b.ctypes.data,
                  y=y.ctypes.data, scratch=scratch.ctypes.data, relu=int(relu))
-    _run("forward_rows" if rows else "forward_multi" if multi else "forward", args, x.dtype, T,
-         threads)
+    _run("forward_rows" if rows else "forward_multi" if multi else "forward", args, x.dtype, T)
     return y
 
 
@@ -509,15 +504,14 @@ def backward_input(gy, w, input_shape, stride, padding, dilation, groups):
     multi = P < MULTI_MAX_P
     nb = multi_images(N, P) if multi else block_images(N, C * KH * KW, P, gy.itemsize)
     nblocks = -(-N // nb)
-    threads = blas.workers(2 * N * K * Cg * KH * KW * P)
-    T = min(nblocks, threads)
+    T = min(nblocks, blas.workers(2 * N * K * Cg * KH * KW * P))
     rows_per_image = C * KH * KW + (K if multi else 0)  # multi: + the gathered grad_output
     scratch = memory.scratch("im2col", T * nb * rows_per_image * P, gy.dtype)
     wc = np.ascontiguousarray(w)
     args = _args(input_shape, w.shape, (stride, padding, dilation, groups), (OH, OW), nb,
                  gy.dtype, x=gx.ctypes.data, wt=wc.ctypes.data, y=gy.ctypes.data,
                  scratch=scratch.ctypes.data)
-    _run("backward_input_multi" if multi else "backward_input", args, gy.dtype, T, threads)
+    _run("backward_input_multi" if multi else "backward_input", args, gy.dtype, T)
     return gx
 
 
@@ -530,8 +524,7 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy)
     nb = weight_block_images(N, C * KH * KW, P, K, R, x.itemsize)
     nblocks = -(-N // nb)
-    threads = blas.workers(2 * N * K * R * P)
-    T = min(nblocks, threads)
+    T = min(nblocks, blas.workers(2 * N * K * R * P))
     rows = uses_rows(weight_shape, stride)
     if rows:
         scratch = _rows_scratch(T, C, weight_shape, (OH, OW), dilation, x.dtype)
@@ -541,7 +534,7 @@ def backward_weight(x, gy, weight_shape, stride, padding, dilation, groups):
     args = _args(x.shape, weight_shape, (stride, padding, dilation, groups), (OH, OW), nb,
                  x.dtype, x=x.ctypes.data, y=gy.ctypes.data, scratch=scratch.ctypes.data,
                  partials=partials.ctypes.data, per_image=int(P >= BW_IMAGE_MIN_P))
-    _run("backward_weight_rows" if rows else "backward_weight", args, x.dtype, T, threads)
+    _run("backward_weight_rows" if rows else "backward_weight", args, x.dtype, T)
     if rows:  # (blocks, KH, K, Cg*KW) -> (K, Cg, KH, KW)
         gw = partials.reshape(nblocks, KH, K, Cg, KW).sum(axis=0)
         return np.ascontiguousarray(gw.transpose(1, 2, 0, 3))
