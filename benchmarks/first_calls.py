@@ -95,7 +95,8 @@ def run_child(cache: str, batch: int, size: int, steps: int, algorithm: str) -> 
     env = dict(os.environ, NUMBA_CACHE_DIR=cache, **{_CHILD: "1"})
     t = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--batch", str(batch), "--size", str(size),
-                          "--steps", str(steps), "--algorithm", algorithm], env=env, capture_output=True, text=True)
+                          "--steps", str(steps), "--algorithm", algorithm], env=env,
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     result = json.loads(out.stdout.strip().splitlines()[-1])

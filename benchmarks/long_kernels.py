@@ -47,8 +47,8 @@ def main(argv=None) -> None:
         assert ours.stride() == theirs.stride()
         times = {"torch": [], "convkit": []}
         for _ in range(args.rounds):
-            times["torch"].append(_time(lambda: F.conv2d(image, kernel, groups=3)))
-            times["convkit"].append(_time(lambda: CF.conv2d(image, kernel, groups=3)))
+            times["torch"].append(_time(lambda k=kernel: F.conv2d(image, k, groups=3)))
+            times["convkit"].append(_time(lambda k=kernel: CF.conv2d(image, k, groups=3)))
         t, c = (statistics.median(times[k]) for k in ("torch", "convkit"))
         totals[0] += t
         totals[1] += c

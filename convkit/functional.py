@@ -28,8 +28,10 @@ from convkit.autograd.ops import (
     elementwise_strides,
     with_strides,
 )
-from convkit.engine.algorithm import check_winograd
-from convkit.engine.algorithm import select_algorithm  # noqa: F401  (public name)
+from convkit.engine.algorithm import (
+    check_winograd,
+    select_algorithm,  # noqa: F401  (public name)
+)
 from convkit.kernels.shapes import (
     ArgumentError,
     DtypeError,

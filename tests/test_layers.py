@@ -1,5 +1,5 @@
-"""The package layout's rules (docs/architecture.md): layers only point down, kernels and runtime are
-torch-free, no import cycles, no module over ~700 lines."""
+"""The package layout's rules (docs/architecture.md): layers only point down, kernels and
+runtime are torch-free, no import cycles, no module over ~700 lines."""
 import ast
 import pathlib
 

@@ -144,6 +144,7 @@ def test_converted_model_matches_torch(name):
     torch_logits, torch_grads = distances(plain)
     ours_logits, ours_grads = distances(converted)
     report = (f"{name} {size}x{size}: logits {ours_logits:.2e} (torch fp32 {torch_logits:.2e}), "
-              f"gradients {ours_grads:.2e} (torch fp32 {torch_grads:.2e}) (relative L2 distances from float64)")
+              f"gradients {ours_grads:.2e} (torch fp32 {torch_grads:.2e}) "
+              "(relative L2 distances from float64)")
     assert ours_logits <= max(FACTOR * torch_logits, FLOOR), report
     assert ours_grads <= max(FACTOR * torch_grads, FLOOR), report
