@@ -94,10 +94,13 @@ def test_multi_image_passes_are_deterministic_over_workers(monkeypatch, geometry
 
 
 def test_multi_image_blocks():
-    # ceil(MULTI_COLS / P) images, at most the batch: ResNet-18 layer4 (N8, 7x7) -> 2 blocks of 4
-    assert CW.MULTI_COLS == 192 and CW.MULTI_MAX_P == 128
+    # ceil(MULTI_COLS / P) images, at most half the batch (rounded up): ResNet-18 layer4 (N8,
+    # 7x7) -> 2 blocks of 4; N4 and N2 -> 2 blocks too (one block would leave a worker idle)
+    assert CW.MULTI_COLS == 192 and CW.MULTI_MAX_P == 128 and CW.MULTI_MIN_BLOCKS == 2
     assert CW.multi_images(8, 49) == 4
+    assert CW.multi_images(4, 49) == 2
+    assert CW.multi_images(2, 49) == 1
     assert CW.multi_images(1, 49) == 1
     assert CW.multi_images(1000, 1) == 192
     assert CW.multi_images(16, 127) == 2
-    assert CW.multi_images(3, 64) == 3
+    assert CW.multi_images(3, 64) == 2

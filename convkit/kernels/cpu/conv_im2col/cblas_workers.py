@@ -79,11 +79,17 @@ MULTI_MAX_P = 128
 # in by 196 columns, and N8 at P = 49 still makes two blocks for two workers. Only the shape
 # chooses the blocks, never the number of workers, so results are the same bits whatever it is
 MULTI_COLS = 192
+# blocks a batch is cut into at least, where it has the images: one block is one worker, and a
+# batch of one block left the other core idle (ResNet-18's layer 4 at N=2 and N=4: 512 x 512
+# 7x7, one block of 98 / 196 columns; two blocks measured 0.53-0.58x its time, forward and
+# input gradient, quiet 2-core Zen 4). A function of the shape, like MULTI_COLS
+MULTI_MIN_BLOCKS = 2
 
 
 def multi_images(N, P) -> int:
-    """Images per block of the multi-image forward and backward-input (P < MULTI_MAX_P)."""
-    return max(1, min(N, -(-MULTI_COLS // P)))
+    """Images per block of the multi-image forward and backward-input (P < MULTI_MAX_P):
+    ceil(MULTI_COLS / P), but at most ceil(N / MULTI_MIN_BLOCKS)."""
+    return max(1, min(-(-N // MULTI_MIN_BLOCKS), -(-MULTI_COLS // P)))
 
 
 def available(dtype) -> bool:
