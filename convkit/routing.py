@@ -64,7 +64,7 @@ def _same_dtype(input, *others) -> bool:
     them as torch's autocast would)."""
     if torch.is_autocast_enabled(input.device.type):
         return True
-    for t in others:  # (a loop: see autograd._suggests_channels_last)
+    for t in others:  # (a loop: see autograd.ops.any_channels_last)
         if t is not None and t.dtype != input.dtype:
             return False
     return True

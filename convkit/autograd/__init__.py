@@ -188,14 +188,8 @@ def _batched() -> bool:
 
 
 def _suggests_channels_last(*tensors) -> bool:
-    """torch would lay a result of these tensors out channels-last (never under a vmap). A loop,
-    not ``any`` over a generator: dynamo 2.14 breaks the graph closing a generator left open."""
-    if _batched():
-        return False
-    for t in tensors:
-        if ops.channels_last(t):
-            return True
-    return False
+    """torch would lay a result of these tensors out channels-last (never under a vmap)."""
+    return not _batched() and ops.any_channels_last(*tensors)
 
 
 def _laid_out(t: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -164,11 +164,17 @@ def with_strides(t: Tensor, strides) -> Tensor:
     return t if t.stride() == tuple(strides) else t.as_strided(t.shape, strides)
 
 
-def _result_format(*tensors) -> torch.memory_format:
-    for t in tensors:  # (a loop: see autograd._suggests_channels_last)
+def any_channels_last(*tensors) -> bool:
+    """Whether one of the tensors is channels-last (torch lays their result out so). A loop, not
+    ``any`` over a generator: dynamo 2.14 breaks the graph closing a generator left open."""
+    for t in tensors:
         if channels_last(t):
-            return torch.channels_last
-    return torch.contiguous_format
+            return True
+    return False
+
+
+def _result_format(*tensors) -> torch.memory_format:
+    return torch.channels_last if any_channels_last(*tensors) else torch.contiguous_format
 
 
 def _in_float32(impl, *args):
@@ -641,7 +647,7 @@ def op_names() -> List[str]:
 
 
 __all__ = ["LIB", "OPS", "SCHEMAS", "REDUCED_DTYPES", "INT_DTYPES", "channels_last", "eager",
-           "op_names",
+           "any_channels_last", "op_names",
            "conv2d", "conv2d_relu", "conv2d_backward_input", "conv2d_backward_weight",
            "conv2d_backward_bias", "relu", "relu_", "relu_backward", "max_pool2d",
            "max_pool2d_backward"]

@@ -10,8 +10,9 @@ by address, or numpy.matmul from a thread pool: BLAS releases the GIL). Where nu
 OpenBLAS the thread count is left alone. The thread count is process-wide in OpenBLAS: another
 Python thread's numpy call that overlaps a convkit GEMM batch runs single-threaded too.
 CONVKIT_BLAS_ONE_THREAD=0 leaves OpenBLAS' thread count alone (then expect oversubscription).
-Even a batch that is one GEMM block (one worker: ResNet-18's layer 4 at N=2) stays on one
-OpenBLAS thread: given two, that conv ran 0.56x its time alone, but a whole ResNet-18 step
+Even a batch that is one GEMM block (one worker: a single image of small planes) stays on one
+OpenBLAS thread: given two, ResNet-18's layer 4 at N=2 (then one block) ran 0.56x its time
+alone, but a whole ResNet-18 step
 (torchvision, N2 224^2, bench --model on a quiet 2-core Zen 4) went from 1.47x torch to 2.16x,
 every later op sharing its cores with OpenBLAS' spinning threads.
 Nothing is looked up at import: the libraries are found on the first GEMM.
